@@ -1,0 +1,173 @@
+//! Single-node durable appends through `fjord-log`'s [`Appender`] (group commit, fsync on).
+//!
+//! Closed loop: each writer keeps one append in flight and sends the next when the last is acknowledged,
+//! so throughput at N writers over throughput at 1 writer shows what group commit buys.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use fjord_log::AppendRequest;
+use fjord_log::Appender;
+use fjord_log::ExpectedRevision;
+use fjord_log::GroupCommitConfig;
+use fjord_log::Limits;
+use fjord_log::LogStore;
+use fjord_log::ProposedEvent;
+use fjord_log::StoreOptions;
+use serde::Serialize;
+
+use crate::summary::Latency;
+use crate::summary::histogram;
+use crate::summary::record;
+
+/// Flags of `fjord-bench log-append`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogAppendArgs {
+    /// Concurrent writers to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    writers: Vec<usize>,
+    /// Partitions in the store.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 256)]
+    event_size: usize,
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
+    events_per_append: usize,
+    /// Seconds to measure each writer count (after a one-second warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Directory for the store (a fresh temporary directory inside it per run).
+    #[arg(long, default_value = ".")]
+    dir: std::path::PathBuf,
+    /// Print one JSON line per writer count.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct LogAppendResult {
+    workload: &'static str,
+    writers: usize,
+    partitions: u32,
+    event_size: usize,
+    events_per_append: usize,
+    seconds: f64,
+    appends_per_sec: f64,
+    events_per_sec: f64,
+    mb_per_sec: f64,
+    appends_per_fsync: f64,
+    cpu_seconds_per_million_events: f64,
+    latency: Latency,
+}
+
+pub(crate) fn run(args: &LogAppendArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    for &writers in &args.writers {
+        let result = runtime.block_on(measure(args, writers))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "log-append: {writers:>3} writers, {} partitions, {} B events x{}: {:>9.0} events/s, {:>6.1} MB/s, \
+                 {:.1} appends/fsync, {:.2} CPU-s per M events; {}",
+                result.partitions,
+                result.event_size,
+                result.events_per_append,
+                result.events_per_sec,
+                result.mb_per_sec,
+                result.appends_per_fsync,
+                result.cpu_seconds_per_million_events,
+                result.latency
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppendResult> {
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let options = StoreOptions { partitions: args.partitions, ..StoreOptions::default() };
+    let path = dir.path().to_owned();
+    let store = tokio::task::spawn_blocking(move || LogStore::open(path, &options)).await??;
+    let appender = Arc::new(Appender::start(&store, Limits::default(), GroupCommitConfig::default())?);
+    let payload = vec![b'x'; args.event_size];
+    let warm_up = Duration::from_secs(1);
+    let measured = Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (appender, payload) = (appender.clone(), payload.clone());
+        let events_per_append = args.events_per_append;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = histogram()?;
+            let mut appends = 0u64;
+            let stream = format!("bench-{writer}");
+            while start.elapsed() < warm_up + measured {
+                let events = (0..events_per_append).map(|_| ProposedEvent::json("Measured", payload.clone())).collect();
+                let request = AppendRequest { stream: stream.clone(), expected: ExpectedRevision::Any, events };
+                let sent = Instant::now();
+                appender.append(request).await?;
+                if sent >= start + warm_up {
+                    record(&mut latencies, sent.elapsed());
+                    appends += 1;
+                }
+            }
+            anyhow::Ok((appends, latencies))
+        }));
+    }
+    let cpu_before = process_cpu_seconds();
+    let mut latencies = histogram()?;
+    let mut appends = 0;
+    for task in tasks {
+        let (count, histogram) = task.await??;
+        appends += count;
+        latencies.add(histogram)?;
+    }
+    let cpu = process_cpu_seconds() - cpu_before;
+    let stats = appender.stats();
+    let fsyncs = stats.batches.load(Ordering::Relaxed);
+    let written = stats.appends.load(Ordering::Relaxed);
+    let seconds = measured.as_secs_f64();
+    let events = appends * args.events_per_append as u64;
+    let events_per_sec = events as f64 / seconds;
+    if let Ok(appender) = Arc::try_unwrap(appender) {
+        tokio::task::spawn_blocking(move || appender.shutdown()).await?;
+    }
+    Ok(LogAppendResult {
+        workload: "log-append",
+        writers,
+        partitions: args.partitions,
+        event_size: args.event_size,
+        events_per_append: args.events_per_append,
+        seconds,
+        appends_per_sec: appends as f64 / seconds,
+        events_per_sec,
+        mb_per_sec: events_per_sec * args.event_size as f64 / 1e6,
+        appends_per_fsync: if fsyncs == 0 { 0.0 } else { written as f64 / fsyncs as f64 },
+        cpu_seconds_per_million_events: if events == 0 { 0.0 } else { cpu / events as f64 * 1e6 },
+        latency: Latency::of(&latencies),
+    })
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line; the state (field 3) is the first after the name.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}

@@ -1,0 +1,42 @@
+//! `fjord-log`: one node's durable storage of partitioned, append-only event logs.
+//!
+//! This crate owns the event model ([`event`]), the limits every append is validated against ([`limits`]),
+//! the mapping of streams to partitions ([`partitioner`]), the on-disk record encoding ([`record`]), the
+//! RocksDB layout and the deterministic apply of append batches ([`store`], [`partition`]), streaming reads
+//! ([`read`]), group commit ([`group_commit`]) and the sealed segment format ([`segment`], written down in
+//! `log/FORMAT.md`).
+//!
+//! It must never know about Raft, views or gRPC: the Raft state machine, the projection engine and the edge
+//! replica all build on the types here, never the other way round.
+
+pub mod error;
+pub mod event;
+pub mod group_commit;
+mod keys;
+pub mod limits;
+pub mod partition;
+pub mod partitioner;
+pub mod read;
+pub mod record;
+pub mod segment;
+pub mod store;
+
+pub use error::Error;
+pub use error::InvalidInput;
+pub use error::Rejection;
+pub use error::Result;
+pub use event::AppendOutcome;
+pub use event::AppendRequest;
+pub use event::EventPosition;
+pub use event::ExpectedRevision;
+pub use event::ProposedEvent;
+pub use event::RecordedEvent;
+pub use event::StreamHead;
+pub use group_commit::Appender;
+pub use group_commit::GroupCommitConfig;
+pub use limits::Limits;
+pub use partition::PartitionLog;
+pub use partitioner::partition_of;
+pub use read::Direction;
+pub use store::LogStore;
+pub use store::StoreOptions;

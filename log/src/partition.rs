@@ -1,0 +1,365 @@
+//! [`PartitionLog`]: one partition's append-only log inside the node's RocksDB.
+//!
+//! It owns the deterministic apply of a batch of appends — expected-revision checks, dedupe by event id,
+//! offset and revision assignment — and writes the whole batch as one RocksDB `WriteBatch`, so a batch is
+//! either entirely visible or not at all. Given the same stored state and the same batch, every replica
+//! produces the same outcomes and the same bytes. It never validates limits (see [`crate::limits`]) and
+//! never decides when to sync beyond what its caller asks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+use rocksdb::DB;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::error::Rejection;
+use crate::error::Result;
+use crate::event::AppendOutcome;
+use crate::event::AppendRequest;
+use crate::event::EventPosition;
+use crate::event::RecordedEvent;
+use crate::event::StreamHead;
+use crate::keys;
+use crate::partitioner::partition_of;
+use crate::read::Direction;
+use crate::read::PartitionReader;
+use crate::read::StreamReader;
+use crate::record::decode_record;
+use crate::record::encode_record;
+use crate::store::cf;
+
+/// Whether an applied batch is fsynced before [`PartitionLog::apply`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The WAL is fsynced before returning: the batch survives power loss.
+    Sync,
+    /// Written to the WAL without fsync: for callers whose durability comes from elsewhere (a Raft log).
+    Buffered,
+}
+
+/// The outcome of one append within an applied batch.
+pub type AppendResult = std::result::Result<AppendOutcome, Rejection>;
+
+/// One partition's log. Cheap to share: all state is in RocksDB plus two counters.
+pub struct PartitionLog {
+    db: Arc<DB>,
+    partition: u32,
+    partitions: u32,
+    tail: Mutex<Tail>,
+}
+
+/// What the writer must know about the end of the log.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// The offset the next event gets.
+    next_offset: u64,
+    /// The commit time of the last event; commit times never go backwards within a partition.
+    last_commit_micros: i64,
+}
+
+impl PartitionLog {
+    pub(crate) fn open(db: Arc<DB>, partition: u32, partitions: u32) -> Result<Self> {
+        let tail = read_tail(&db, partition)?;
+        Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail) })
+    }
+
+    /// This partition's number.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The offset the next appended event will get (= the number of events ever appended).
+    pub fn next_offset(&self) -> u64 {
+        self.lock_tail().next_offset
+    }
+
+    /// Applies a batch of appends in order, as one atomic write, and returns each append's outcome.
+    ///
+    /// `commit_time_micros` is the batch's commit time (set by whoever orders the batch); it is raised to the
+    /// previous batch's if the clock went backwards. Rejected and deduplicated appends write nothing.
+    /// An `Err` means the batch was not written at all.
+    #[tracing::instrument(level = "debug", skip_all, fields(partition = self.partition, appends = requests.len()))]
+    pub fn apply(
+        &self,
+        requests: &[AppendRequest],
+        commit_time_micros: i64,
+        durability: Durability,
+    ) -> Result<Vec<AppendResult>> {
+        let mut tail = self.lock_tail();
+        let commit_time = commit_time_micros.max(tail.last_commit_micros);
+        let mut batch = PendingBatch::new(self, tail.next_offset, commit_time);
+        let outcomes = requests.iter().map(|request| batch.apply(request)).collect::<Result<Vec<_>>>()?;
+        if batch.next_offset > tail.next_offset {
+            let mut write = WriteOptions::default();
+            write.set_sync(durability == Durability::Sync);
+            let next_offset = batch.next_offset;
+            self.db.write_opt(batch.into_write_batch(), &write)?;
+            *tail = Tail { next_offset, last_commit_micros: commit_time };
+        }
+        Ok(outcomes)
+    }
+
+    /// What the log knows about `stream`, or `None` if it has no events.
+    pub fn stream_head(&self, stream: &str) -> Result<Option<StreamHead>> {
+        let streams = cf(&self.db, keys::CF_STREAMS)?;
+        let Some(value) = self.db.get_pinned_cf(streams, keys::stream_head_key(self.partition, stream))? else {
+            return Ok(None);
+        };
+        let (revision, last_offset) = keys::decode_stream_head_value(&value)
+            .ok_or_else(|| Error::corrupt("stream head", format!("{} bytes for stream {stream}", value.len())))?;
+        Ok(Some(StreamHead { partition: self.partition, revision, last_offset }))
+    }
+
+    /// The event at `offset`, or `None` past the end of the log.
+    pub fn event_at(&self, offset: u64) -> Result<Option<RecordedEvent>> {
+        let events = cf(&self.db, keys::CF_EVENTS)?;
+        let Some(bytes) = self.db.get_pinned_cf(events, keys::event_key(self.partition, offset))? else {
+            return Ok(None);
+        };
+        let event = decode_record(&bytes)?;
+        if event.offset != offset {
+            return Err(Error::corrupt("record", format!("stored at offset {offset} but says {}", event.offset)));
+        }
+        Ok(Some(event))
+    }
+
+    /// Events of this partition from `from_offset` on, at most `limit`, streamed in pages.
+    pub fn read_partition(&self, from_offset: u64, limit: u64) -> PartitionReader {
+        PartitionReader::new(self.db.clone(), self.partition, from_offset, self.next_offset(), limit)
+    }
+
+    /// Events of `stream` from `from_revision` on (backward: down from it; `u64::MAX` is the end), at most
+    /// `limit`, streamed in pages.
+    pub fn read_stream(&self, stream: &str, from_revision: u64, direction: Direction, limit: u64) -> StreamReader {
+        StreamReader::new(self.db.clone(), self.partition, stream, from_revision, direction, limit)
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        // The tail is only replaced after a successful write, so a panic elsewhere cannot leave it torn.
+        self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stored_offset_of_id(&self, stream: &str, id: &Uuid) -> Result<Option<u64>> {
+        let ids = cf(&self.db, keys::CF_EVENT_IDS)?;
+        match self.db.get_pinned_cf(ids, keys::event_id_key(self.partition, stream, id))? {
+            None => Ok(None),
+            Some(value) => keys::decode_u64_value(&value)
+                .map(Some)
+                .ok_or_else(|| Error::corrupt("event id index", format!("{} bytes for id {id}", value.len()))),
+        }
+    }
+
+    fn stored_event(&self, offset: u64) -> Result<RecordedEvent> {
+        self.event_at(offset)?
+            .ok_or_else(|| Error::corrupt("event id index", format!("points at offset {offset}, which is absent")))
+    }
+}
+
+/// A batch being built: the writes so far, and what they change, so later appends in the same batch see
+/// earlier ones (a stream appended twice, a retry of an append in the same batch).
+struct PendingBatch<'a> {
+    log: &'a PartitionLog,
+    write: WriteBatch,
+    next_offset: u64,
+    commit_time: i64,
+    heads: HashMap<String, StreamHead>,
+    ids: HashMap<(String, Uuid), u64>,
+    events: HashMap<u64, RecordedEvent>,
+    encoded: Vec<u8>,
+}
+
+impl<'a> PendingBatch<'a> {
+    fn new(log: &'a PartitionLog, next_offset: u64, commit_time: i64) -> Self {
+        PendingBatch {
+            log,
+            write: WriteBatch::default(),
+            next_offset,
+            commit_time,
+            heads: HashMap::new(),
+            ids: HashMap::new(),
+            events: HashMap::new(),
+            encoded: Vec::new(),
+        }
+    }
+
+    fn into_write_batch(self) -> WriteBatch {
+        self.write
+    }
+
+    /// Decides one append: `Ok(Err(_))` is a deterministic rejection, `Err(_)` a storage failure.
+    fn apply(&mut self, request: &AppendRequest) -> Result<AppendResult> {
+        let stream = request.stream.as_str();
+        let owner = partition_of(stream, self.log.partitions);
+        if owner != self.log.partition {
+            return Ok(Err(Rejection::WrongPartition {
+                stream: stream.to_owned(),
+                expected: owner,
+                actual: self.log.partition,
+            }));
+        }
+        if let Some(retry) = self.check_retry(request)? {
+            return Ok(retry);
+        }
+        let head = self.head(stream)?;
+        let current = head.map(|h| h.revision);
+        if !request.expected.is_met_by(current) {
+            return Ok(Err(Rejection::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected: request.expected,
+                current,
+            }));
+        }
+        self.write_events(request, current.map_or(0, |r| r + 1)).map(Ok)
+    }
+
+    /// `None` when no event id of the request is stored yet (a new append); otherwise the retry's answer.
+    fn check_retry(&mut self, request: &AppendRequest) -> Result<Option<AppendResult>> {
+        let stream = request.stream.as_str();
+        let mut stored = Vec::with_capacity(request.events.len());
+        for event in &request.events {
+            stored.push(self.offset_of_id(stream, &event.id)?);
+        }
+        if stored.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let mut originals = Vec::with_capacity(stored.len());
+        for (event, offset) in request.events.iter().zip(&stored) {
+            if let Some(offset) = offset {
+                let original = self.event(*offset)?;
+                if !original.has_content_of(stream, event) {
+                    return Ok(Some(Err(Rejection::EventIdReused {
+                        stream: stream.to_owned(),
+                        id: event.id,
+                        revision: original.revision,
+                    })));
+                }
+                originals.push(original);
+            }
+        }
+        if originals.len() < request.events.len() {
+            let known = request.events.iter().zip(&stored).find(|(_, o)| o.is_some()).map(|(e, _)| e.id);
+            let new = request.events.iter().zip(&stored).find(|(_, o)| o.is_none()).map(|(e, _)| e.id);
+            return Ok(Some(Err(Rejection::PartialRetry {
+                stream: stream.to_owned(),
+                known_id: known.unwrap_or_default(),
+                new_id: new.unwrap_or_default(),
+            })));
+        }
+        let first_revision = originals[0].revision;
+        let in_one_run = originals.iter().zip(first_revision..).all(|(event, revision)| event.revision == revision);
+        if !in_one_run {
+            return Ok(Some(Err(Rejection::RetryOutOfOrder { stream: stream.to_owned() })));
+        }
+        let positions =
+            originals.iter().map(|e| EventPosition { offset: e.offset, revision: e.revision }).collect::<Vec<_>>();
+        let last = &originals[originals.len() - 1];
+        Ok(Some(Ok(AppendOutcome {
+            partition: self.log.partition,
+            revision: last.revision,
+            commit_time_micros: originals[0].timestamp_micros,
+            positions,
+            deduplicated: true,
+        })))
+    }
+
+    fn write_events(&mut self, request: &AppendRequest, first_revision: u64) -> Result<AppendOutcome> {
+        let log = self.log;
+        let (events_cf, index_cf, ids_cf, streams_cf) = (
+            cf(&log.db, keys::CF_EVENTS)?,
+            cf(&log.db, keys::CF_STREAM_INDEX)?,
+            cf(&log.db, keys::CF_EVENT_IDS)?,
+            cf(&log.db, keys::CF_STREAMS)?,
+        );
+        let stream = request.stream.as_str();
+        let mut positions = Vec::with_capacity(request.events.len());
+        for (event, revision) in request.events.iter().zip(first_revision..) {
+            let offset = self.next_offset;
+            let recorded = RecordedEvent {
+                id: event.id,
+                stream: stream.to_owned(),
+                event_type: event.event_type.clone(),
+                content_type: event.effective_content_type().to_owned(),
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+                offset,
+                revision,
+                timestamp_micros: self.commit_time,
+            };
+            self.encoded.clear();
+            encode_record(&recorded, &mut self.encoded)?;
+            self.write.put_cf(events_cf, keys::event_key(log.partition, offset), &self.encoded);
+            self.write.put_cf(
+                index_cf,
+                keys::stream_index_key(log.partition, stream, revision),
+                keys::u64_value(offset),
+            );
+            self.write.put_cf(ids_cf, keys::event_id_key(log.partition, stream, &event.id), keys::u64_value(offset));
+            self.ids.insert((stream.to_owned(), event.id), offset);
+            self.events.insert(offset, recorded);
+            positions.push(EventPosition { offset, revision });
+            self.next_offset += 1;
+        }
+        let last = positions[positions.len() - 1];
+        self.write.put_cf(
+            streams_cf,
+            keys::stream_head_key(log.partition, stream),
+            keys::stream_head_value(last.revision, last.offset),
+        );
+        self.heads.insert(
+            stream.to_owned(),
+            StreamHead { partition: log.partition, revision: last.revision, last_offset: last.offset },
+        );
+        Ok(AppendOutcome {
+            partition: log.partition,
+            positions,
+            revision: last.revision,
+            commit_time_micros: self.commit_time,
+            deduplicated: false,
+        })
+    }
+
+    fn head(&self, stream: &str) -> Result<Option<StreamHead>> {
+        match self.heads.get(stream) {
+            Some(head) => Ok(Some(*head)),
+            None => self.log.stream_head(stream),
+        }
+    }
+
+    fn offset_of_id(&self, stream: &str, id: &Uuid) -> Result<Option<u64>> {
+        match self.ids.get(&(stream.to_owned(), *id)) {
+            Some(offset) => Ok(Some(*offset)),
+            None => self.log.stored_offset_of_id(stream, id),
+        }
+    }
+
+    fn event(&self, offset: u64) -> Result<RecordedEvent> {
+        match self.events.get(&offset) {
+            Some(event) => Ok(event.clone()),
+            None => self.log.stored_event(offset),
+        }
+    }
+}
+
+/// Finds the end of a partition's log: the offset after its last event and that event's commit time.
+fn read_tail(db: &DB, partition: u32) -> Result<Tail> {
+    let events = cf(db, keys::CF_EVENTS)?;
+    let mut iter = db.raw_iterator_cf(events);
+    iter.seek_for_prev(keys::event_key(partition, u64::MAX));
+    if let (Some(key), Some(value)) = (iter.key(), iter.value())
+        && key.starts_with(&partition.to_be_bytes())
+    {
+        let offset = keys::offset_of_event_key(key).ok_or_else(|| Error::corrupt("event key", format!("{key:?}")))?;
+        let last = decode_record(value)?;
+        return Ok(Tail { next_offset: offset + 1, last_commit_micros: last.timestamp_micros });
+    }
+    iter.status()?;
+    Ok(Tail { next_offset: 0, last_commit_micros: i64::MIN })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! Streaming reads: by partition offset and by stream revision.
+//!
+//! Readers own a handle to the database and fetch pages of [`PAGE_SIZE`] events, so a read of a huge log
+//! holds neither the whole log in memory nor a RocksDB iterator across pages. A partition read ends at the
+//! log's end as of when it started, so it always terminates. Every record is checksum-verified on the way out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rocksdb::DB;
+use rocksdb::ReadOptions;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::event::RecordedEvent;
+use crate::keys;
+use crate::record::decode_record;
+use crate::store::cf;
+
+/// Events fetched from RocksDB per page.
+pub const PAGE_SIZE: usize = 256;
+
+/// Which way a stream read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Direction {
+    /// Ascending revisions.
+    Forward,
+    /// Descending revisions.
+    Backward,
+}
+
+/// Events of one partition in offset order. Yields `Err` once and then ends if the store fails.
+pub struct PartitionReader {
+    db: Arc<DB>,
+    partition: u32,
+    next: u64,
+    end: u64,
+    remaining: u64,
+    page: VecDeque<RecordedEvent>,
+    failed: bool,
+}
+
+impl PartitionReader {
+    pub(crate) fn new(db: Arc<DB>, partition: u32, from: u64, end: u64, limit: u64) -> Self {
+        PartitionReader { db, partition, next: from, end, remaining: limit, page: VecDeque::new(), failed: false }
+    }
+
+    fn fill_page(&mut self) -> Result<()> {
+        let events = cf(&self.db, keys::CF_EVENTS)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::event_key(self.partition, self.end).to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(events, options);
+        iter.seek(keys::event_key(self.partition, self.next));
+        let want = PAGE_SIZE.min(usize::try_from(self.remaining).unwrap_or(PAGE_SIZE));
+        while iter.valid() && self.page.len() < want {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+            let offset =
+                keys::offset_of_event_key(key).ok_or_else(|| Error::corrupt("event key", format!("{key:?}")))?;
+            if offset != self.next {
+                return Err(Error::corrupt("partition log", format!("offset {} is missing", self.next)));
+            }
+            let event = decode_record(value)?;
+            if event.offset != offset {
+                return Err(Error::corrupt("record", format!("stored at offset {offset} but says {}", event.offset)));
+            }
+            self.page.push_back(event);
+            self.next += 1;
+            iter.next();
+        }
+        iter.status()?;
+        if self.page.is_empty() && self.next < self.end {
+            return Err(Error::corrupt("partition log", format!("offset {} is missing", self.next)));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for PartitionReader {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.remaining == 0 {
+            return None;
+        }
+        if self.page.is_empty()
+            && self.next < self.end
+            && let Err(error) = self.fill_page()
+        {
+            self.failed = true;
+            return Some(Err(error));
+        }
+        let event = self.page.pop_front()?;
+        self.remaining -= 1;
+        Some(Ok(event))
+    }
+}
+
+/// Events of one stream in revision order (or reverse). Yields `Err` once and then ends if the store fails.
+pub struct StreamReader {
+    db: Arc<DB>,
+    partition: u32,
+    stream: String,
+    /// The next revision to read; `None` once the read has passed either end of the stream.
+    next: Option<u64>,
+    direction: Direction,
+    remaining: u64,
+    page: VecDeque<RecordedEvent>,
+    exhausted: bool,
+}
+
+impl StreamReader {
+    pub(crate) fn new(db: Arc<DB>, partition: u32, stream: &str, from: u64, direction: Direction, limit: u64) -> Self {
+        StreamReader {
+            db,
+            partition,
+            stream: stream.to_owned(),
+            next: Some(from),
+            direction,
+            remaining: limit,
+            page: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    fn fill_page(&mut self) -> Result<()> {
+        let Some(from) = self.next else {
+            self.exhausted = true;
+            return Ok(());
+        };
+        let index = cf(&self.db, keys::CF_STREAM_INDEX)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(keys::stream_index_key(self.partition, &self.stream, 0));
+        options.set_iterate_upper_bound(keys::stream_index_key(self.partition, &self.stream, u64::MAX));
+        let mut iter = self.db.raw_iterator_cf_opt(index, options);
+        let start = keys::stream_index_key(self.partition, &self.stream, from);
+        match self.direction {
+            Direction::Forward => iter.seek(&start),
+            Direction::Backward => iter.seek_for_prev(&start),
+        }
+        let want = PAGE_SIZE.min(usize::try_from(self.remaining).unwrap_or(PAGE_SIZE));
+        let prefix_len = keys::stream_prefix(self.partition, &self.stream).len();
+        let mut entries = Vec::with_capacity(want);
+        while iter.valid() && entries.len() < want {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+            let revision = key
+                .get(prefix_len..)
+                .and_then(keys::decode_u64_value_be)
+                .ok_or_else(|| Error::corrupt("stream index", format!("key {key:?}")))?;
+            let offset = keys::decode_u64_value(value)
+                .ok_or_else(|| Error::corrupt("stream index", format!("{} byte value", value.len())))?;
+            entries.push((revision, offset));
+            match self.direction {
+                Direction::Forward => iter.next(),
+                Direction::Backward => iter.prev(),
+            }
+        }
+        iter.status()?;
+        drop(iter);
+        if entries.len() < want {
+            self.exhausted = true;
+        }
+        self.next = match (self.direction, entries.last()) {
+            (Direction::Forward, Some(&(revision, _))) => revision.checked_add(1),
+            (Direction::Backward, Some(&(revision, _))) => revision.checked_sub(1),
+            (_, None) => None,
+        };
+        let events_cf = cf(&self.db, keys::CF_EVENTS)?;
+        let keys_to_get = entries.iter().map(|&(_, offset)| (events_cf, keys::event_key(self.partition, offset)));
+        for ((revision, offset), value) in entries.iter().zip(self.db.multi_get_cf(keys_to_get)) {
+            let value = value?.ok_or_else(|| {
+                Error::corrupt("stream index", format!("revision {revision} points at absent offset {offset}"))
+            })?;
+            let event = decode_record(&value)?;
+            if event.stream != self.stream || event.revision != *revision || event.offset != *offset {
+                return Err(Error::corrupt(
+                    "stream index",
+                    format!(
+                        "{}@{revision} points at offset {offset}, which holds {}@{}",
+                        self.stream, event.stream, event.revision
+                    ),
+                ));
+            }
+            self.page.push_back(event);
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for StreamReader {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        if self.page.is_empty()
+            && !self.exhausted
+            && let Err(error) = self.fill_page()
+        {
+            self.exhausted = true;
+            self.page.clear();
+            return Some(Err(error));
+        }
+        let event = self.page.pop_front()?;
+        self.remaining -= 1;
+        Some(Ok(event))
+    }
+}

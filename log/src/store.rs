@@ -1,0 +1,191 @@
+//! [`LogStore`]: the node's one RocksDB, its column families and settings, and the [`PartitionLog`]s in it.
+//!
+//! Opening checks that the store on disk matches: format version and partition count are recorded at
+//! creation and a mismatch is refused, because the partition count decides where every stream lives.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::BlockBasedOptions;
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::DB;
+use rocksdb::DBCompressionType;
+use rocksdb::DBRecoveryMode;
+use rocksdb::Options;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::keys;
+use crate::partition::PartitionLog;
+
+/// The store layout version this code reads and writes (log/FORMAT.md).
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// How to open a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Number of partitions; fixed when the store is created.
+    pub partitions: u32,
+    /// RocksDB block cache size in bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { partitions: 4, block_cache_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+/// One node's durable log: a RocksDB database holding every partition.
+pub struct LogStore {
+    db: Arc<DB>,
+    partitions: Vec<Arc<PartitionLog>>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self> {
+        if options.partitions == 0 {
+            return Err(Error::Config("partitions must be at least 1".to_owned()));
+        }
+        let path = path.as_ref();
+        let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, column_families(options))?);
+        check_or_record_meta(&db, options.partitions)?;
+        let partitions = (0..options.partitions)
+            .map(|partition| PartitionLog::open(db.clone(), partition, options.partitions).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        tracing::info!(path = %path.display(), partitions = options.partitions, "log store open");
+        Ok(LogStore { db, partitions })
+    }
+
+    /// Number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        // The vector was built from a u32 range.
+        u32::try_from(self.partitions.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The log of one partition.
+    pub fn partition(&self, partition: u32) -> Result<&Arc<PartitionLog>> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or(Error::NoSuchPartition { partition, partitions: self.partition_count() })
+    }
+
+    /// The log of the partition `stream` lives in.
+    pub fn partition_for(&self, stream: &str) -> &Arc<PartitionLog> {
+        let p = crate::partitioner::partition_of(stream, self.partition_count());
+        &self.partitions[p as usize]
+    }
+
+    /// All partitions, in order.
+    pub fn partitions(&self) -> &[Arc<PartitionLog>] {
+        &self.partitions
+    }
+
+    /// Forces the write-ahead log to disk (for callers that wrote without sync).
+    pub fn sync_wal(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+}
+
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_paranoid_checks(true);
+    // A synced write is whole in the WAL; a torn tail can only hold writes never acknowledged.
+    options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    options.set_max_background_jobs(2);
+    options.set_bytes_per_sync(1024 * 1024);
+    options
+}
+
+fn column_families(options: &StoreOptions) -> Vec<ColumnFamilyDescriptor> {
+    let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+    keys::ALL_CFS
+        .iter()
+        .map(|&name| {
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            // Point lookups (dedupe, stream heads) mostly miss: whole-key bloom filters skip the disk.
+            if name == keys::CF_EVENT_IDS || name == keys::CF_STREAMS {
+                block.set_bloom_filter(10.0, false);
+            }
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&block);
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
+            ColumnFamilyDescriptor::new(name, cf)
+        })
+        .collect()
+}
+
+fn check_or_record_meta(db: &DB, partitions: u32) -> Result<()> {
+    let meta = cf(db, keys::CF_META)?;
+    match db.get_cf(meta, keys::META_FORMAT_VERSION)? {
+        None => {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(meta, keys::META_FORMAT_VERSION, STORE_FORMAT_VERSION.to_le_bytes());
+            batch.put_cf(meta, keys::META_PARTITIONS, partitions.to_le_bytes());
+            let mut write = rocksdb::WriteOptions::default();
+            write.set_sync(true);
+            db.write_opt(batch, &write)?;
+            Ok(())
+        }
+        Some(version) => {
+            let version = decode_u32(&version, "format version")?;
+            if version != STORE_FORMAT_VERSION {
+                return Err(Error::Config(format!(
+                    "store format version {version} is not supported (this build reads {STORE_FORMAT_VERSION})"
+                )));
+            }
+            let stored = db
+                .get_cf(meta, keys::META_PARTITIONS)?
+                .ok_or_else(|| Error::corrupt("store metadata", "partition count missing"))?;
+            let stored = decode_u32(&stored, "partition count")?;
+            if stored != partitions {
+                return Err(Error::Config(format!(
+                    "the store was created with {stored} partitions; it cannot be opened with {partitions}"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn decode_u32(bytes: &[u8], what: &'static str) -> Result<u32> {
+    let array: [u8; 4] = bytes.try_into().map_err(|_| Error::corrupt(what, format!("{} bytes", bytes.len())))?;
+    Ok(u32::from_le_bytes(array))
+}
+
+/// The handle of a column family that [`LogStore::open`] created.
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Config(format!("column family {name} is missing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_different_partition_count() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(dir.path(), &StoreOptions { partitions: 4, ..StoreOptions::default() }).unwrap());
+        let err = LogStore::open(dir.path(), &StoreOptions { partitions: 8, ..StoreOptions::default() }).err().unwrap();
+        assert!(matches!(err, Error::Config(ref m) if m.contains("created with 4 partitions")), "{err}");
+        assert_eq!(err.reason(), "CONFIG");
+        let store = LogStore::open(dir.path(), &StoreOptions { partitions: 4, ..StoreOptions::default() }).unwrap();
+        assert_eq!(store.partition_count(), 4);
+    }
+
+    #[test]
+    fn refuses_zero_partitions_and_unknown_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(LogStore::open(dir.path(), &StoreOptions { partitions: 0, ..StoreOptions::default() }).is_err());
+        let store = LogStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(matches!(store.partition(4), Err(Error::NoSuchPartition { partition: 4, partitions: 4 })));
+    }
+}
