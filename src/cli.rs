@@ -1,23 +1,26 @@
-//! The command line: `fjord <subcommand>`, each flag also an environment variable.
+//! The command line: `fjord <subcommand>`. Every flag is also an environment variable; a TOML file given
+//! with `--config` sets the rest (defaults < file < environment < flags).
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use clap::Subcommand;
 
-use crate::config::Config;
+use crate::node::NodeConfig;
 
 /// Fjord: a geo-distributed event log and projection engine.
 #[derive(Debug, Parser)]
 #[command(name = "fjord", version, about)]
 pub struct Cli {
-    /// A TOML config file; flags and environment variables override it.
+    /// A TOML node config file; flags and environment variables override it.
     #[arg(long, short, global = true, env = "FJORD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,fjord_log=debug`).
-    #[arg(long, global = true, env = "FJORD_LOG", default_value = "info")]
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,fjord_raft=debug`).
+    #[arg(long, global = true, env = "FJORD_LOG", default_value = "warn,fjord=info")]
     pub log: String,
     /// What to run.
     #[command(subcommand)]
@@ -27,13 +30,47 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a node on an embedded default, append sample events, read them back and print what it did.
+    /// Start a 3-node region on 127.0.0.1 (data under ./data), append a sample workload, and stay up.
     Dev(DevArgs),
+    /// Run one node of a region.
+    Server(ServerArgs),
+    /// Append one event to a stream of a running region.
+    Append(crate::client::AppendArgs),
+    /// Read a stream (or a partition) of a running region.
+    Read(crate::client::ReadArgs),
+    /// Show a running region's members and partitions.
+    Status(crate::client::StatusArgs),
 }
 
 /// Flags of `fjord dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
+    /// Where the three nodes keep their data (one directory each).
+    #[arg(long, env = "FJORD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// The first node's port; the others take the next two.
+    #[arg(long, env = "FJORD_DEV_PORT", default_value_t = 7101)]
+    pub port: u16,
+    /// Number of partitions (fixed when the data dirs are first created).
+    #[arg(long, env = "FJORD_PARTITIONS")]
+    pub partitions: Option<u32>,
+}
+
+/// Flags of `fjord server`; each overrides the config file.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// This node's id in its region (at least 1).
+    #[arg(long, env = "FJORD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// The region's name.
+    #[arg(long, env = "FJORD_REGION")]
+    pub region: Option<String>,
+    /// The address to serve gRPC on.
+    #[arg(long, env = "FJORD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The region's initial voters as `id=host:port,...` (used once, to bootstrap a new region).
+    #[arg(long, env = "FJORD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Where the node keeps its data.
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -45,13 +82,11 @@ pub struct DevArgs {
 /// Parses the command line, runs the subcommand, and turns its error into a message and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match run(cli) {
+    let started = crate::config::load(cli.config.as_deref()).and_then(|config| {
+        init_logging(&cli)?;
+        run(cli, config)
+    });
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fjord: {error:#}");
@@ -60,18 +95,65 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref())?;
+/// Logs go to stderr, except under `fjord dev`, whose three nodes log to `<data dir>/dev.log` so that the
+/// terminal shows only what the workload did (peers refuse connections while they start, and say so).
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &cli.command {
+        Command::Dev(args) => {
+            std::fs::create_dir_all(&args.data_dir)?;
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(args.data_dir.join("dev.log"))?;
+            builder.with_writer(std::sync::Mutex::new(log)).with_ansi(false).init();
+        }
+        _ => builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Dev(args) => {
-            if let Some(data_dir) = args.data_dir {
-                config.data_dir = data_dir;
-            }
-            if let Some(partitions) = args.partitions {
-                config.store.partitions = partitions;
-            }
-            runtime.block_on(crate::dev::run(&config))
-        }
+        Command::Dev(args) => runtime.block_on(crate::dev::run(config, args)),
+        Command::Server(args) => runtime.block_on(crate::server::run(server_config(config, args)?)),
+        Command::Append(args) => runtime.block_on(args.run()),
+        Command::Read(args) => runtime.block_on(args.run()),
+        Command::Status(args) => runtime.block_on(args.run()),
     }
+}
+
+fn server_config(mut config: NodeConfig, args: ServerArgs) -> anyhow::Result<NodeConfig> {
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(region) = args.region {
+        config.region = region;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.peers.is_empty() {
+        config.initial_members = parse_peers(&args.peers)?;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(partitions) = args.partitions {
+        config.store.partitions = partitions;
+    }
+    Ok(config)
+}
+
+/// Parses `id=host:port` pairs.
+pub fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    peers
+        .iter()
+        .filter(|peer| !peer.is_empty())
+        .map(|peer| {
+            let (id, address) =
+                peer.split_once('=').ok_or_else(|| anyhow::anyhow!("peer {peer:?} is not id=host:port"))?;
+            let id: u64 = id.parse().map_err(|_| anyhow::anyhow!("peer {peer:?}: {id:?} is not a node id"))?;
+            Ok((id, address.to_owned()))
+        })
+        .collect()
 }

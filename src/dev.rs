@@ -1,113 +1,154 @@
-//! `fjord dev`: the embedded default. Opens a node's log under `./data`, appends a small order workload,
-//! shows what a retry and a conflicting append do, reads everything back and prints it.
+//! `fjord dev`: a 3-node region on 127.0.0.1 in one process, each node with its own data dir under
+//! `./data`. Appends a small order workload through the real gRPC API (to a follower as often as to a
+//! leader: nodes forward), shows a retry and a conflict, reads back, prints where to connect, and stays
+//! up until Ctrl-C. A second run keeps the data and appends more.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use anyhow::Context;
-use fjord_log::AppendOutcome;
-use fjord_log::AppendRequest;
-use fjord_log::Appender;
-use fjord_log::Direction;
-use fjord_log::ExpectedRevision;
-use fjord_log::LogStore;
-use fjord_log::ProposedEvent;
-use fjord_log::RecordedEvent;
+use fjord_proto::v1;
+use fjord_proto::v1::event_store_client::EventStoreClient;
+use tonic::transport::Channel;
 
-use crate::config::Config;
+use crate::cli::DevArgs;
+use crate::node::Node;
+use crate::node::NodeConfig;
+use crate::pb;
 
-/// Runs the dev workload against the node described by `config` and prints what happens.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let (data_dir, options) = (config.data_dir.clone(), config.store.clone());
-    let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir, &options))
-        .await?
-        .with_context(|| format!("opening the log store in {}", config.data_dir.display()))?;
-    let store = Arc::new(store);
-    let appender = Appender::start(&store, config.limits.clone(), config.group_commit.clone())?;
+/// Runs the dev region until Ctrl-C.
+pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
+    let addresses: BTreeMap<u64, SocketAddr> =
+        (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], args.port + id as u16 - 1)))).collect();
+    let members: BTreeMap<u64, String> = addresses.iter().map(|(id, addr)| (*id, addr.to_string())).collect();
+    let mut nodes = Vec::new();
+    for (&id, &listen) in &addresses {
+        let mut config = base.clone();
+        config.node_id = id;
+        config.listen = listen;
+        config.region = "dev".to_owned();
+        config.data_dir = args.data_dir.join(format!("node-{id}"));
+        config.initial_members = members.clone();
+        if let Some(partitions) = args.partitions {
+            config.store.partitions = partitions;
+        }
+        nodes.push(Node::start(&config).await.with_context(|| format!("starting node {id}"))?);
+    }
     println!(
-        "fjord dev: node log at {} ({} partitions, fsync on every append)",
-        config.data_dir.display(),
-        store.partition_count()
+        "fjord dev: region \"dev\" of 3 nodes, {} partitions, data under {}",
+        base.store.partitions,
+        args.data_dir.display()
     );
-
-    let orders = ["order-1001", "order-1002", "order-1003"];
-    let mut first_appends = Vec::new();
-    for (n, stream) in orders.iter().enumerate() {
-        let request = sample_order(stream, n);
-        let outcome = appender.append(request.clone()).await?;
-        println!("appended {} events to {stream}: {}", request.events.len(), describe(&outcome));
-        first_appends.push(request);
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients
+            .push(EventStoreClient::new(Channel::from_shared(format!("http://{}", node.address()))?.connect().await?));
     }
-
-    let retry = appender.append(first_appends[0].clone()).await?;
-    println!("retried the first append with the same event ids: {}", describe(&retry));
-
-    let conflict = AppendRequest {
-        stream: orders[0].to_owned(),
-        expected: ExpectedRevision::NoStream,
-        events: vec![ProposedEvent::json("OrderPlaced", br#"{"note":"a second creation"}"#.to_vec())],
-    };
-    match appender.append(conflict).await {
-        Ok(outcome) => println!("unexpected: a conflicting append succeeded at {}", describe(&outcome)),
-        Err(error) => println!("a conflicting append was refused ({}): {error}", error.reason()),
+    workload(&mut clients).await?;
+    println!("connect to any node: {}", members.values().cloned().collect::<Vec<_>>().join(", "));
+    println!("  fjord status --server {}", addresses[&1]);
+    println!("  fjord append --server {} order-1001 ItemAdded '{{\"sku\":\"tent\"}}'", addresses[&2]);
+    println!("  fjord read --server {} order-1001", addresses[&3]);
+    println!("  grpcurl -plaintext {} list", addresses[&1]);
+    println!("node logs: {}", args.data_dir.join("dev.log").display());
+    println!("ready; press Ctrl-C to stop");
+    crate::server::wait_for_stop_signal().await?;
+    println!("stopping");
+    for node in nodes {
+        node.stop().await?;
     }
-
-    for stream in orders {
-        let log = store.partition_for(stream).clone();
-        let owned = stream.to_owned();
-        let events = tokio::task::spawn_blocking(move || {
-            log.read_stream(&owned, 0, Direction::Forward, u64::MAX).collect::<fjord_log::Result<Vec<_>>>()
-        })
-        .await??;
-        println!("read back {stream} ({} events):", events.len());
-        for event in events.iter().rev().take(4).rev() {
-            println!("  {}", describe_event(event));
-        }
-        if events.len() > 4 {
-            println!("  ... and {} earlier events", events.len() - 4);
-        }
-    }
-    let offsets: Vec<String> =
-        store.partitions().iter().map(|p| format!("p{}={}", p.partition(), p.next_offset())).collect();
-    println!("partition sizes (events): {}", offsets.join(" "));
-    println!("appends per fsync so far: {:.1}", appender.stats().appends_per_batch());
-    tokio::task::spawn_blocking(move || appender.shutdown()).await?;
-    println!("done; run it again to append more, or delete {} to start over", config.data_dir.display());
     Ok(())
 }
 
-fn sample_order(stream: &str, n: usize) -> AppendRequest {
-    let sku = ["fjord-mug", "kayak-paddle", "wool-socks"][n % 3];
-    let mut events = vec![
-        ProposedEvent::json("OrderPlaced", format!(r#"{{"customer":"c-{n}","currency":"NOK"}}"#).into_bytes()),
-        ProposedEvent::json("ItemAdded", format!(r#"{{"sku":"{sku}","quantity":{}}}"#, n + 1).into_bytes()),
-        ProposedEvent::json("OrderShipped", br#"{"carrier":"posten"}"#.to_vec()),
-    ];
-    for event in &mut events {
-        event.metadata.insert("source".to_owned(), "fjord-dev".to_owned());
+async fn workload(clients: &mut [EventStoreClient<Channel>]) -> anyhow::Result<()> {
+    let orders = ["order-1001", "order-1002", "order-1003"];
+    let mut firsts = Vec::new();
+    for (n, stream) in orders.iter().enumerate() {
+        let request = sample_order(stream, n);
+        // Each order goes to a different node: followers forward to the partition's leader.
+        let client = &mut clients[n % clients.len()];
+        let response = client.append(request.clone()).await.map_err(failed)?.into_inner();
+        println!("appended 3 events to {stream} via node {}: {}", n + 1, describe(&response));
+        firsts.push(request);
     }
-    AppendRequest { stream: stream.to_owned(), expected: ExpectedRevision::Any, events }
+    let retry = clients[1].append(firsts[0].clone()).await.map_err(failed)?.into_inner();
+    println!("retried the first append with the same event ids: {}", describe(&retry));
+    let conflict = v1::AppendRequest {
+        stream: orders[0].to_owned(),
+        expected: Some(v1::ExpectedRevision { kind: Some(v1::expected_revision::Kind::NoStream(v1::Empty {})) }),
+        events: vec![v1::ProposedEvent {
+            r#type: "OrderPlaced".to_owned(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        }],
+    };
+    match clients[2].append(conflict).await {
+        Ok(_) => println!("unexpected: a conflicting append succeeded"),
+        Err(status) => {
+            println!(
+                "a conflicting append was refused ({}): {}",
+                pb::reason_of(&status).unwrap_or("?"),
+                status.message()
+            )
+        }
+    }
+    for (n, stream) in orders.iter().enumerate() {
+        let request = v1::ReadStreamRequest { stream: (*stream).to_owned(), ..Default::default() };
+        let mut pages = clients[(n + 1) % clients.len()].read_stream(request).await.map_err(failed)?.into_inner();
+        let mut events = Vec::new();
+        while let Some(page) = pages.message().await.map_err(failed)? {
+            events.extend(page.events);
+        }
+        println!("read back {stream} ({} events):", events.len());
+        for event in events.iter().rev().take(3).rev() {
+            let position = event.position.unwrap_or_default();
+            println!(
+                "  rev {:>3}  partition {}  offset {:>5}  {:<13} {}",
+                position.revision,
+                position.partition,
+                position.offset,
+                event.r#type,
+                String::from_utf8_lossy(&event.data)
+            );
+        }
+    }
+    Ok(())
 }
 
-fn describe(outcome: &AppendOutcome) -> String {
-    let first = outcome.positions[0];
-    let last = outcome.positions[outcome.positions.len() - 1];
+fn sample_order(stream: &str, n: usize) -> v1::AppendRequest {
+    let sku = ["fjord-mug", "kayak-paddle", "wool-socks"][n % 3];
+    let event = |event_type: &str, data: String| v1::ProposedEvent {
+        id: uuid::Uuid::now_v7().as_bytes().to_vec(),
+        r#type: event_type.to_owned(),
+        content_type: String::new(),
+        data: data.into_bytes(),
+        metadata: [("source".to_owned(), "fjord-dev".to_owned())].into(),
+    };
+    v1::AppendRequest {
+        stream: stream.to_owned(),
+        expected: None,
+        events: vec![
+            event("OrderPlaced", format!(r#"{{"customer":"c-{n}","currency":"NOK"}}"#)),
+            event("ItemAdded", format!(r#"{{"sku":"{sku}","quantity":{}}}"#, n + 1)),
+            event("OrderShipped", r#"{"carrier":"posten"}"#.to_owned()),
+        ],
+    }
+}
+
+fn describe(response: &v1::AppendResponse) -> String {
+    let first = response.positions.first().copied().unwrap_or_default();
+    let last = response.positions.last().copied().unwrap_or_default();
     format!(
         "partition {} offsets {}..={}, revisions {}..={}{}",
-        outcome.partition,
+        first.partition,
         first.offset,
         last.offset,
         first.revision,
         last.revision,
-        if outcome.deduplicated { " (deduplicated: nothing written)" } else { "" }
+        if response.deduplicated { " (deduplicated: nothing written)" } else { "" }
     )
 }
 
-fn describe_event(event: &RecordedEvent) -> String {
-    format!(
-        "rev {:>3}  offset {:>5}  {:<13} {}",
-        event.revision,
-        event.offset,
-        event.event_type,
-        String::from_utf8_lossy(&event.data)
-    )
+fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", pb::reason_of(&status).unwrap_or("UNKNOWN"), status.message())
 }

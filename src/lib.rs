@@ -1,8 +1,14 @@
 //! The `fjord` node: command line, configuration, and the assembly of a node from the workspace crates.
 //!
-//! [`cli`] parses the command line and dispatches subcommands; [`config`] layers defaults, a TOML file,
-//! environment variables and flags; [`dev`] runs the embedded default a newcomer starts with.
+//! [`cli`] parses the command line and dispatches subcommands; [`config`] loads config files; [`node`]
+//! assembles and serves one node; [`services`] are its gRPC services and [`pb`] their conversions;
+//! [`server`] runs one node, [`dev`] a whole 3-node region; [`client`] is the command-line client.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dev;
+pub mod node;
+pub mod pb;
+pub mod server;
+pub mod services;

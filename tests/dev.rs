@@ -1,60 +1,86 @@
-//! `fjord dev` as a newcomer runs it: the real binary, a real data directory, its real output.
+//! `fjord dev` as a newcomer runs it: the real binary, real data directories, its real output, Ctrl-C.
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use std::io::BufRead;
+use std::io::BufReader;
 use std::path::Path;
 use std::process::Command;
-use std::process::Output;
+use std::process::Stdio;
 
-fn fjord(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fjord")).args(args).current_dir(cwd).env_remove("FJORD_DATA_DIR").output().unwrap()
+/// Runs `fjord dev` in `cwd` until it says it is ready, then sends SIGINT; returns what it printed.
+fn run_dev(cwd: &Path, port: u16) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["dev", "--port", &port.to_string()])
+        .current_dir(cwd)
+        .env_remove("FJORD_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut output = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        output.push_str(&line);
+        output.push('\n');
+        if line.starts_with("ready") {
+            break;
+        }
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    for line in lines {
+        output.push_str(&line.unwrap());
+        output.push('\n');
+    }
+    assert!(child.wait().unwrap().success(), "fjord dev did not exit cleanly:\n{output}");
+    output
 }
 
-fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "fjord failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
+fn dev_port() -> u16 {
+    let address = common::free_address();
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
 #[test]
-fn dev_appends_reads_back_and_keeps_its_data() {
+fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let first = stdout(&fjord(&["dev"], dir.path()));
-    assert!(dir.path().join("data").is_dir(), "data lives under ./data");
-    assert!(first.contains("appended 3 events to order-1001"), "{first}");
+    let port = dev_port();
+    let first = run_dev(dir.path(), port);
+    for node in 1..=3 {
+        assert!(dir.path().join(format!("data/node-{node}")).is_dir(), "node {node} keeps its data under ./data");
+    }
+    assert!(first.contains("region \"dev\" of 3 nodes"), "{first}");
+    assert!(first.contains("appended 3 events to order-1001 via node 1"), "{first}");
     assert!(first.contains("revisions 0..=2"), "{first}");
     assert!(first.contains("(deduplicated: nothing written)"), "{first}");
     assert!(first.contains("refused (WRONG_EXPECTED_REVISION): stream order-1001 is at revision 2"), "{first}");
     assert!(first.contains("read back order-1003 (3 events):"), "{first}");
-    assert!(first.contains("OrderShipped"), "{first}");
-    let sizes = |out: &str| -> u64 {
-        let line = out.lines().find(|l| l.starts_with("partition sizes")).unwrap();
-        line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(_, n)| n.parse::<u64>().unwrap()).sum()
-    };
-    assert_eq!(sizes(&first), 9);
+    assert!(first.contains(&format!("fjord status --server 127.0.0.1:{port}")), "{first}");
+    assert!(first.contains("stopping"), "{first}");
 
-    let second = stdout(&fjord(&["dev"], dir.path()));
-    assert!(second.contains("appended 3 events to order-1001") && second.contains("revisions 3..=5"), "{second}");
+    let second = run_dev(dir.path(), port);
+    assert!(
+        second.contains("appended 3 events to order-1001 via node 1") && second.contains("revisions 3..=5"),
+        "{second}"
+    );
     assert!(second.contains("read back order-1001 (6 events):"), "{second}");
-    assert_eq!(sizes(&second), 18);
 }
 
 #[test]
 fn a_bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("fjord.toml"), "[limits]\nmax_stream_name_bytes = 999\n").unwrap();
-    let output = fjord(&["dev", "--config", "fjord.toml"], dir.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["dev", "--config", "fjord.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_stream_name_bytes is 999"), "{stderr}");
     assert!(!dir.path().join("data").exists(), "nothing was created");
-}
-
-#[test]
-fn partition_count_is_fixed_at_creation() {
-    let dir = tempfile::tempdir().unwrap();
-    stdout(&fjord(&["dev", "--partitions", "2"], dir.path()));
-    let output = fjord(&["dev", "--partitions", "3"], dir.path());
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("created with 2 partitions"), "{stderr}");
 }

@@ -20,6 +20,7 @@ pub struct ProposedEvent {
     /// How `data` is encoded; empty means [`DEFAULT_CONTENT_TYPE`].
     pub content_type: String,
     /// The payload.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Free-form string pairs (correlation ids, causation, tracing).
     pub metadata: BTreeMap<String, String>,
@@ -102,6 +103,7 @@ pub struct RecordedEvent {
     /// How `data` is encoded.
     pub content_type: String,
     /// The payload.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Free-form string pairs.
     pub metadata: BTreeMap<String, String>,

@@ -18,6 +18,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod read;
 pub mod record;
+mod restore;
 pub mod segment;
 pub mod store;
 
@@ -35,7 +36,9 @@ pub use event::StreamHead;
 pub use group_commit::Appender;
 pub use group_commit::GroupCommitConfig;
 pub use limits::Limits;
+pub use partition::Durability;
 pub use partition::PartitionLog;
+pub use partition::PreparedBatch;
 pub use partitioner::partition_of;
 pub use read::Direction;
 pub use store::LogStore;

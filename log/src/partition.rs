@@ -45,9 +45,43 @@ pub enum Durability {
 /// The outcome of one append within an applied batch.
 pub type AppendResult = std::result::Result<AppendOutcome, Rejection>;
 
+/// A decided batch, holding the partition's writer lock until it is committed or dropped.
+pub struct PreparedBatch<'a> {
+    log: &'a PartitionLog,
+    tail: MutexGuard<'a, Tail>,
+    next: Tail,
+    write: WriteBatch,
+    outcomes: Vec<AppendResult>,
+    extra_writes: bool,
+}
+
+impl PreparedBatch<'_> {
+    /// Each append's outcome, as it will be once committed.
+    pub fn outcomes(&self) -> &[AppendResult] {
+        &self.outcomes
+    }
+
+    /// Adds a write of the caller's to the same atomic batch (into a column family the caller owns).
+    pub fn put_cf(&mut self, cf: &rocksdb::ColumnFamily, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.write.put_cf(cf, key, value);
+        self.extra_writes = true;
+    }
+
+    /// Writes the batch atomically (nothing to write is no write) and returns the outcomes.
+    pub fn commit(mut self, durability: Durability) -> Result<Vec<AppendResult>> {
+        if self.next.next_offset > self.tail.next_offset || self.extra_writes {
+            let mut options = WriteOptions::default();
+            options.set_sync(durability == Durability::Sync);
+            self.log.db.write_opt(std::mem::take(&mut self.write), &options)?;
+            *self.tail = self.next;
+        }
+        Ok(self.outcomes)
+    }
+}
+
 /// One partition's log. Cheap to share: all state is in RocksDB plus two counters.
 pub struct PartitionLog {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
     partition: u32,
     partitions: u32,
     tail: Mutex<Tail>,
@@ -55,11 +89,11 @@ pub struct PartitionLog {
 
 /// What the writer must know about the end of the log.
 #[derive(Debug, Clone, Copy)]
-struct Tail {
+pub(crate) struct Tail {
     /// The offset the next event gets.
-    next_offset: u64,
+    pub(crate) next_offset: u64,
     /// The commit time of the last event; commit times never go backwards within a partition.
-    last_commit_micros: i64,
+    pub(crate) last_commit_micros: i64,
 }
 
 impl PartitionLog {
@@ -83,25 +117,37 @@ impl PartitionLog {
     /// `commit_time_micros` is the batch's commit time (set by whoever orders the batch); it is raised to the
     /// previous batch's if the clock went backwards. Rejected and deduplicated appends write nothing.
     /// An `Err` means the batch was not written at all.
-    #[tracing::instrument(level = "debug", skip_all, fields(partition = self.partition, appends = requests.len()))]
     pub fn apply(
         &self,
         requests: &[AppendRequest],
         commit_time_micros: i64,
         durability: Durability,
     ) -> Result<Vec<AppendResult>> {
-        let mut tail = self.lock_tail();
+        self.prepare(requests, commit_time_micros)?.commit(durability)
+    }
+
+    /// Decides a batch of appends without writing it: the caller may add its own writes to the same atomic
+    /// batch (a Raft state machine adds its applied log id) and then [`PreparedBatch::commit`]s it. The
+    /// partition's writer lock is held until the prepared batch is committed or dropped.
+    #[tracing::instrument(level = "debug", skip_all, fields(partition = self.partition, appends = requests.len()))]
+    pub fn prepare(&self, requests: &[AppendRequest], commit_time_micros: i64) -> Result<PreparedBatch<'_>> {
+        let tail = self.lock_tail();
         let commit_time = commit_time_micros.max(tail.last_commit_micros);
         let mut batch = PendingBatch::new(self, tail.next_offset, commit_time);
         let outcomes = requests.iter().map(|request| batch.apply(request)).collect::<Result<Vec<_>>>()?;
-        if batch.next_offset > tail.next_offset {
-            let mut write = WriteOptions::default();
-            write.set_sync(durability == Durability::Sync);
-            let next_offset = batch.next_offset;
-            self.db.write_opt(batch.into_write_batch(), &write)?;
-            *tail = Tail { next_offset, last_commit_micros: commit_time };
-        }
-        Ok(outcomes)
+        // Only a batch that writes events moves the commit clock, so a restart (which reads the clock back
+        // from the last event) cannot make replicas disagree on later commit times.
+        let wrote_events = batch.next_offset > tail.next_offset;
+        let last_commit_micros = if wrote_events { commit_time } else { tail.last_commit_micros };
+        let next = Tail { next_offset: batch.next_offset, last_commit_micros };
+        Ok(PreparedBatch { log: self, tail, next, write: batch.into_write_batch(), outcomes, extra_writes: false })
+    }
+
+    /// Runs `read` while no batch can be applied, with the offset the next event will get: a consistent cut
+    /// of the log (everything below that offset is immutable) together with whatever `read` looks at.
+    pub fn at_consistent_cut<T>(&self, read: impl FnOnce(u64) -> Result<T>) -> Result<T> {
+        let tail = self.lock_tail();
+        read(tail.next_offset)
     }
 
     /// What the log knows about `stream`, or `None` if it has no events.
@@ -139,7 +185,12 @@ impl PartitionLog {
         StreamReader::new(self.db.clone(), self.partition, stream, from_revision, direction, limit)
     }
 
-    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+    /// The partition `stream` belongs to in this store.
+    pub(crate) fn owner_of(&self, stream: &str) -> u32 {
+        partition_of(stream, self.partitions)
+    }
+
+    pub(crate) fn lock_tail(&self) -> MutexGuard<'_, Tail> {
         // The tail is only replaced after a successful write, so a panic elsewhere cannot leave it torn.
         self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -194,7 +245,7 @@ impl<'a> PendingBatch<'a> {
     /// Decides one append: `Ok(Err(_))` is a deterministic rejection, `Err(_)` a storage failure.
     fn apply(&mut self, request: &AppendRequest) -> Result<AppendResult> {
         let stream = request.stream.as_str();
-        let owner = partition_of(stream, self.log.partitions);
+        let owner = self.log.owner_of(stream);
         if owner != self.log.partition {
             return Ok(Err(Rejection::WrongPartition {
                 stream: stream.to_owned(),
@@ -269,12 +320,7 @@ impl<'a> PendingBatch<'a> {
 
     fn write_events(&mut self, request: &AppendRequest, first_revision: u64) -> Result<AppendOutcome> {
         let log = self.log;
-        let (events_cf, index_cf, ids_cf, streams_cf) = (
-            cf(&log.db, keys::CF_EVENTS)?,
-            cf(&log.db, keys::CF_STREAM_INDEX)?,
-            cf(&log.db, keys::CF_EVENT_IDS)?,
-            cf(&log.db, keys::CF_STREAMS)?,
-        );
+        let families = Families::of(&log.db)?;
         let stream = request.stream.as_str();
         let mut positions = Vec::with_capacity(request.events.len());
         for (event, revision) in request.events.iter().zip(first_revision..) {
@@ -290,26 +336,14 @@ impl<'a> PendingBatch<'a> {
                 revision,
                 timestamp_micros: self.commit_time,
             };
-            self.encoded.clear();
-            encode_record(&recorded, &mut self.encoded)?;
-            self.write.put_cf(events_cf, keys::event_key(log.partition, offset), &self.encoded);
-            self.write.put_cf(
-                index_cf,
-                keys::stream_index_key(log.partition, stream, revision),
-                keys::u64_value(offset),
-            );
-            self.write.put_cf(ids_cf, keys::event_id_key(log.partition, stream, &event.id), keys::u64_value(offset));
+            families.put_event(&mut self.write, log.partition, &recorded, &mut self.encoded)?;
             self.ids.insert((stream.to_owned(), event.id), offset);
             self.events.insert(offset, recorded);
             positions.push(EventPosition { offset, revision });
             self.next_offset += 1;
         }
         let last = positions[positions.len() - 1];
-        self.write.put_cf(
-            streams_cf,
-            keys::stream_head_key(log.partition, stream),
-            keys::stream_head_value(last.revision, last.offset),
-        );
+        families.put_head(&mut self.write, log.partition, stream, last.revision, last.offset);
         self.heads.insert(
             stream.to_owned(),
             StreamHead { partition: log.partition, revision: last.revision, last_offset: last.offset },
@@ -345,8 +379,55 @@ impl<'a> PendingBatch<'a> {
     }
 }
 
+/// The data column families, and the writes that keep them in step: an event always goes in with its
+/// stream-index and dedupe entries.
+pub(crate) struct Families<'a> {
+    events: &'a rocksdb::ColumnFamily,
+    stream_index: &'a rocksdb::ColumnFamily,
+    event_ids: &'a rocksdb::ColumnFamily,
+    streams: &'a rocksdb::ColumnFamily,
+}
+
+impl<'a> Families<'a> {
+    pub(crate) fn of(db: &'a DB) -> Result<Self> {
+        Ok(Families {
+            events: cf(db, keys::CF_EVENTS)?,
+            stream_index: cf(db, keys::CF_STREAM_INDEX)?,
+            event_ids: cf(db, keys::CF_EVENT_IDS)?,
+            streams: cf(db, keys::CF_STREAMS)?,
+        })
+    }
+
+    /// All four, for range deletes over a whole partition.
+    pub(crate) fn all(&self) -> [&'a rocksdb::ColumnFamily; 4] {
+        [self.events, self.stream_index, self.event_ids, self.streams]
+    }
+
+    /// Puts an event with its stream-index and dedupe entries; `scratch` is reused for the encoding.
+    pub(crate) fn put_event(
+        &self,
+        write: &mut WriteBatch,
+        partition: u32,
+        event: &RecordedEvent,
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        scratch.clear();
+        encode_record(event, scratch)?;
+        write.put_cf(self.events, keys::event_key(partition, event.offset), &scratch);
+        let offset = keys::u64_value(event.offset);
+        write.put_cf(self.stream_index, keys::stream_index_key(partition, &event.stream, event.revision), offset);
+        write.put_cf(self.event_ids, keys::event_id_key(partition, &event.stream, &event.id), offset);
+        Ok(())
+    }
+
+    /// Puts a stream's head.
+    pub(crate) fn put_head(&self, write: &mut WriteBatch, partition: u32, stream: &str, revision: u64, offset: u64) {
+        write.put_cf(self.streams, keys::stream_head_key(partition, stream), keys::stream_head_value(revision, offset));
+    }
+}
+
 /// Finds the end of a partition's log: the offset after its last event and that event's commit time.
-fn read_tail(db: &DB, partition: u32) -> Result<Tail> {
+pub(crate) fn read_tail(db: &DB, partition: u32) -> Result<Tail> {
     let events = cf(db, keys::CF_EVENTS)?;
     let mut iter = db.raw_iterator_cf(events);
     iter.seek_for_prev(keys::event_key(partition, u64::MAX));

@@ -48,11 +48,24 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self> {
+        Self::open_with_families(path, options, &[])
+    }
+
+    /// Opens (or creates) the store with extra column families owned by a layer above (the Raft log and its
+    /// metadata live in the node's one database, so one WAL fsync covers both).
+    pub fn open_with_families(
+        path: impl AsRef<Path>,
+        options: &StoreOptions,
+        extra_families: &[&'static str],
+    ) -> Result<Self> {
+        if let Some(clash) = extra_families.iter().find(|name| keys::ALL_CFS.contains(name)) {
+            return Err(Error::Config(format!("column family {clash} belongs to the log store")));
+        }
         if options.partitions == 0 {
             return Err(Error::Config("partitions must be at least 1".to_owned()));
         }
         let path = path.as_ref();
-        let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, column_families(options))?);
+        let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, column_families(options, extra_families))?);
         check_or_record_meta(&db, options.partitions)?;
         let partitions = (0..options.partitions)
             .map(|partition| PartitionLog::open(db.clone(), partition, options.partitions).map(Arc::new))
@@ -85,6 +98,12 @@ impl LogStore {
         &self.partitions
     }
 
+    /// The node's database, for layers that keep their own column families in it (see
+    /// [`LogStore::open_with_families`]). Never write to the log's own column families through it.
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
     /// Forces the write-ahead log to disk (for callers that wrote without sync).
     pub fn sync_wal(&self) -> Result<()> {
         Ok(self.db.flush_wal(true)?)
@@ -103,10 +122,11 @@ fn db_options() -> Options {
     options
 }
 
-fn column_families(options: &StoreOptions) -> Vec<ColumnFamilyDescriptor> {
+fn column_families(options: &StoreOptions, extra_families: &[&'static str]) -> Vec<ColumnFamilyDescriptor> {
     let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
     keys::ALL_CFS
         .iter()
+        .chain(extra_families)
         .map(|&name| {
             let mut block = BlockBasedOptions::default();
             block.set_block_cache(&cache);

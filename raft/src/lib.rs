@@ -1,6 +1,35 @@
-//! `fjord-raft` will own the regional Raft groups: one openraft 0.9 (storage-v2) group per partition, a
-//! RocksDB log store that fsyncs before it reports entries persisted, a state machine that applies entries
-//! through `fjord-log`'s deterministic [`fjord_log::PartitionLog::apply`], streamed segment snapshots, and one
-//! tonic network that multiplexes every group's traffic per peer.
+//! `fjord-raft`: the regional Raft groups. One openraft 0.9 (storage-v2) group per partition, over the
+//! node's one RocksDB:
+//! - [`log_store`]: the Raft log, fsynced before openraft is told entries are persisted;
+//! - [`state_machine`]: applies committed entries through `fjord-log`'s deterministic
+//!   [`fjord_log::PartitionLog::prepare`], with the applied id in the same atomic write;
+//! - [`snapshot`]: snapshots as files of chained, checksummed segments that stream in chunks;
+//! - [`storage`]: opens a node's storage and hands out each group's log store and state machine.
 //!
-//! It must never reach up into the node binary, views or queries. Built by the Raft issue; empty until then.
+//! It builds on `fjord-log` and never reaches up into the node binary, views or queries.
+
+// openraft fixes the error type of every storage call (`StorageError`, over 200 bytes); boxing it at our
+// seams would only add a conversion at each one.
+#![allow(clippy::result_large_err)]
+
+mod codec;
+pub mod groups;
+mod keys;
+pub mod log_store;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod storage;
+pub mod types;
+
+pub use keys::RAFT_COLUMN_FAMILIES;
+pub use log_store::GroupLogStore;
+pub use snapshot::RegionIdentity;
+pub use snapshot::SnapshotFile;
+pub use state_machine::GroupStateMachine;
+pub use storage::NodeStorage;
+pub use types::Command;
+pub use types::CommandResult;
+pub use types::GroupId;
+pub use types::NodeId;
+pub use types::TypeConfig;

@@ -337,3 +337,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn restore_rebuilds_a_partition_from_its_records() {
+    let (_dir, source) = store(1);
+    let log = source.partition(0).unwrap();
+    for i in 0..50u128 {
+        let stream = ["a-1", "b-1", "c-1"][(i % 3) as usize];
+        apply_one(log, append(stream, ExpectedRevision::Any, &[2 * i + 1, 2 * i + 2])).unwrap();
+    }
+    let (_other, target) = store(1);
+    let copy = target.partition(0).unwrap();
+    apply_one(copy, append("stale-1", ExpectedRevision::Any, &[999])).unwrap();
+    let meta = target.db().cf_handle("default").unwrap();
+    copy.restore(log.read_partition(0, u64::MAX), |batch| batch.put_cf(meta, b"restored", b"yes")).unwrap();
+
+    let original: Vec<_> = log.read_partition(0, u64::MAX).map(Result::unwrap).collect();
+    let restored: Vec<_> = copy.read_partition(0, u64::MAX).map(Result::unwrap).collect();
+    assert_eq!(restored, original);
+    assert_eq!(copy.next_offset(), 100);
+    assert_eq!(copy.stream_head("stale-1").unwrap(), None, "the old contents are gone");
+    for stream in ["a-1", "b-1", "c-1"] {
+        assert_eq!(copy.stream_head(stream).unwrap(), log.stream_head(stream).unwrap());
+        assert_eq!(stream_events(copy, stream), stream_events(log, stream));
+    }
+    assert_eq!(target.db().get_cf(meta, b"restored").unwrap().as_deref(), Some(&b"yes"[..]));
+    // Dedupe and revisions continue from the restored state.
+    assert!(apply_one(copy, append("a-1", ExpectedRevision::Any, &[1, 2])).unwrap().deduplicated);
+    let next = apply_one(copy, append("a-1", ExpectedRevision::Exact(33), &[5000])).unwrap();
+    assert_eq!(next.positions[0], EventPosition { offset: 100, revision: 34 });
+}
+
+#[test]
+fn restore_refuses_a_log_with_holes() {
+    let (_dir, source) = store(1);
+    let log = source.partition(0).unwrap();
+    apply_one(log, append("a-1", ExpectedRevision::Any, &[1, 2, 3])).unwrap();
+    let (_other, target) = store(1);
+    let with_hole = log.read_partition(0, u64::MAX).filter(|e| e.as_ref().map_or(true, |e| e.offset != 1));
+    let err = target.partition(0).unwrap().restore(with_hole, |_| {}).unwrap_err();
+    assert_eq!(err.reason(), "DATA_CORRUPT");
+}
+
+#[test]
+fn a_prepared_batch_carries_the_callers_writes_atomically() {
+    let (_dir, store) = store(1);
+    let log = store.partition(0).unwrap();
+    let meta = store.db().cf_handle("default").unwrap();
+    let mut prepared = log.prepare(&[append("a-1", ExpectedRevision::Exact(4), &[1])], 10).unwrap();
+    assert!(prepared.outcomes()[0].is_err());
+    prepared.put_cf(meta, b"applied", b"7");
+    prepared.commit(Durability::Sync).unwrap();
+    assert_eq!(store.db().get_cf(meta, b"applied").unwrap().as_deref(), Some(&b"7"[..]));
+    assert_eq!(log.next_offset(), 0);
+    let dropped = log.prepare(&[append("a-1", ExpectedRevision::Any, &[1])], 10).unwrap();
+    drop(dropped);
+    assert_eq!(log.next_offset(), 0, "a prepared batch that is dropped writes nothing");
+    assert_eq!(log.at_consistent_cut(Ok).unwrap(), 0);
+}

@@ -1,0 +1,324 @@
+//! [`Groups`]: every partition group of one node, and the leader's group commit.
+//!
+//! Appends for a partition queue to that group's batcher. The batcher takes everything waiting (bounded by
+//! count and bytes) and proposes it as one Raft entry, so one fsync on each replica serves many appends; a
+//! few entries are kept in flight at once so the next batch gathers while the last one replicates. Apply
+//! decides each append's fate; the batcher hands every caller its own outcome.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fjord_log::AppendOutcome;
+use fjord_log::AppendRequest;
+use fjord_log::InvalidInput;
+use fjord_log::Limits;
+use fjord_log::Rejection;
+use fjord_log::group_commit::now_micros;
+use fjord_log::partition_of;
+use openraft::BasicNode;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use crate::network::GroupNetworkFactory;
+use crate::network::GroupRaft;
+use crate::network::PeerChannels;
+use crate::storage::NodeStorage;
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::GroupId;
+use crate::types::NodeId;
+
+/// Why an append through the groups did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The request is malformed or over a limit; nothing was proposed.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// Apply refused the append (every replica agrees); nothing was written.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// This node does not lead the partition; the leader is named when known.
+    #[error("node {node} does not lead partition {group}")]
+    NotLeader {
+        /// This node.
+        node: NodeId,
+        /// The partition.
+        group: GroupId,
+        /// The leader and its address, when known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The group could not commit the entry (no quorum, shutting down, storage failure). The append may or
+    /// may not have been committed: retry with the same event ids.
+    #[error("partition {group} is unavailable: {detail}")]
+    Unavailable {
+        /// The partition.
+        group: GroupId,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// How the groups run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Raft heartbeat interval, ms. The leader's append deadline includes a follower's fsync.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout range, ms.
+    pub election_timeout_max_ms: u64,
+    /// Entries applied since the last snapshot that trigger a new one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the Raft log behind a snapshot (a lagging follower within them catches up by log).
+    pub entries_kept_after_snapshot: u64,
+    /// Most appends in one Raft entry.
+    pub max_batch_appends: usize,
+    /// Most data bytes in one Raft entry (a single larger append goes alone).
+    pub max_batch_bytes: usize,
+    /// Raft entries a leader keeps in flight per partition.
+    pub max_entries_in_flight: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every_entries: 5000,
+            entries_kept_after_snapshot: 1000,
+            max_batch_appends: 1024,
+            max_batch_bytes: 8 * 1024 * 1024,
+            max_entries_in_flight: 8,
+        }
+    }
+}
+
+impl GroupsConfig {
+    fn raft_config(&self) -> Result<openraft::Config, String> {
+        openraft::Config {
+            cluster_name: "fjord".to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
+            purge_batch_size: 1,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    }
+}
+
+struct Pending {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, GroupError>>,
+}
+
+/// Every partition group of this node.
+pub struct Groups {
+    node: NodeId,
+    limits: Limits,
+    storage: Arc<NodeStorage>,
+    rafts: Arc<Vec<GroupRaft>>,
+    queues: Vec<mpsc::Sender<Pending>>,
+}
+
+impl Groups {
+    /// Starts a Raft group per partition of `storage`, talking to peers over `peers`.
+    pub async fn start(
+        node: NodeId,
+        storage: Arc<NodeStorage>,
+        peers: Arc<PeerChannels>,
+        limits: Limits,
+        config: &GroupsConfig,
+    ) -> Result<Self, String> {
+        let raft_config = Arc::new(config.raft_config()?);
+        let partitions = storage.log_store().partition_count();
+        let mut rafts = Vec::new();
+        for group in 0..partitions {
+            let opened = storage.clone();
+            let (log_store, state_machine) = tokio::task::spawn_blocking(move || opened.group(group))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let network = GroupNetworkFactory::new(group, peers.clone());
+            let raft = GroupRaft::new(node, raft_config.clone(), network, log_store, state_machine)
+                .await
+                .map_err(|e| format!("starting raft group {group}: {e}"))?;
+            rafts.push(raft);
+        }
+        let rafts = Arc::new(rafts);
+        let queues = (0..partitions)
+            .map(|group| {
+                let (sender, receiver) = mpsc::channel(4096);
+                let batcher = Batcher { node, group, raft: rafts[group as usize].clone(), config: config.clone() };
+                tokio::spawn(batcher.run(receiver));
+                sender
+            })
+            .collect();
+        Ok(Groups { node, limits, storage, rafts, queues })
+    }
+
+    /// Makes `members` the initial voters of every group that is not initialized yet (a new region).
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
+        for (group, raft) in self.rafts.iter().enumerate() {
+            if raft.is_initialized().await.map_err(|e| e.to_string())? {
+                continue;
+            }
+            match raft.initialize(members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(error) => return Err(format!("initializing group {group}: {error}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits appends are validated against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The node's partition logs.
+    pub fn log_store(&self) -> &Arc<fjord_log::LogStore> {
+        self.storage.log_store()
+    }
+
+    /// How many events of `group` this node has applied (its partition's next offset).
+    pub fn applied_offset(&self, group: GroupId) -> u64 {
+        self.storage.log_store().partition(group).map_or(0, |log| log.next_offset())
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Every group's raft, indexed by group id.
+    pub fn rafts(&self) -> &Arc<Vec<GroupRaft>> {
+        &self.rafts
+    }
+
+    /// The partition `stream` lives in.
+    pub fn group_of(&self, stream: &str) -> GroupId {
+        partition_of(stream, u32::try_from(self.rafts.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Validates and appends through the partition's leader (this node); resolves once the entry is committed
+    /// on a majority and applied here.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, GroupError> {
+        self.limits.validate_append(&request)?;
+        let group = self.group_of(&request.stream);
+        let (reply, outcome) = oneshot::channel();
+        let unavailable = || GroupError::Unavailable { group, detail: "the node is shutting down".to_owned() };
+        self.queues[group as usize].send(Pending { request, reply }).await.map_err(|_| unavailable())?;
+        outcome.await.map_err(|_| unavailable())?
+    }
+
+    /// Waits until this node may serve a linearizable read of `group`: it leads the group, a quorum agrees,
+    /// and everything committed before the call is applied here.
+    pub async fn read_barrier(&self, group: GroupId) -> Result<(), GroupError> {
+        let raft = self.raft(group)?;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(GroupError::NotLeader { node: self.node, group, leader: leader_of(&forward) })
+            }
+            Err(error) => Err(GroupError::Unavailable { group, detail: error.to_string() }),
+        }
+    }
+
+    /// The raft of one group.
+    pub fn raft(&self, group: GroupId) -> Result<&GroupRaft, GroupError> {
+        self.rafts
+            .get(group as usize)
+            .ok_or_else(|| GroupError::Unavailable { group, detail: "no such partition".to_owned() })
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        for raft in self.rafts.iter() {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(%error, "raft group did not shut down cleanly");
+            }
+        }
+    }
+}
+
+fn leader_of(forward: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    Some((forward.leader_id?, forward.leader_node.as_ref()?.addr.clone()))
+}
+
+/// One group's batcher: gathers waiting appends into Raft entries.
+struct Batcher {
+    node: NodeId,
+    group: GroupId,
+    raft: GroupRaft,
+    config: GroupsConfig,
+}
+
+impl Batcher {
+    async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+        let in_flight = Arc::new(Semaphore::new(self.config.max_entries_in_flight.max(1)));
+        while let Some(first) = queue.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let mut bytes = data_bytes(&first.request);
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch_appends && bytes < self.config.max_batch_bytes {
+                match queue.try_recv() {
+                    Ok(pending) => {
+                        bytes += data_bytes(&pending.request);
+                        batch.push(pending);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let (raft, node, group) = (self.raft.clone(), self.node, self.group);
+            tokio::spawn(async move {
+                propose(raft, node, group, batch).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn propose(raft: GroupRaft, node: NodeId, group: GroupId, batch: Vec<Pending>) {
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let command = Command::Append { appends, commit_time_micros: now_micros() };
+    let outcomes: Result<Vec<_>, GroupError> = match raft.client_write(command).await {
+        Ok(response) => match response.data {
+            CommandResult::Appended(outcomes) if outcomes.len() == replies.len() => {
+                Ok(outcomes.into_iter().map(|o| o.map_err(GroupError::Rejected)).collect())
+            }
+            other => Err(GroupError::Unavailable { group, detail: format!("unexpected apply result {other:?}") }),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(GroupError::NotLeader { node, group, leader: leader_of(&forward) })
+        }
+        Err(error) => Err(GroupError::Unavailable { group, detail: error.to_string() }),
+    };
+    match outcomes {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn data_bytes(request: &AppendRequest) -> usize {
+    request.events.iter().map(|e| e.data.len()).sum()
+}

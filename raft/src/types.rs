@@ -1,0 +1,58 @@
+//! The Raft type configuration shared by every partition group, and what an entry carries.
+
+use fjord_log::AppendRequest;
+use fjord_log::partition::AppendResult;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::snapshot::SnapshotFile;
+
+/// A node's id within its region.
+pub type NodeId = u64;
+
+/// A Raft group's id: the partition it replicates.
+pub type GroupId = u32;
+
+/// What a Raft entry asks every replica to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A batch of appends gathered by the leader (group commit), with the commit time the leader set.
+    Append {
+        /// The appends, in the order the leader received them.
+        appends: Vec<AppendRequest>,
+        /// The batch's commit time, microseconds since the Unix epoch.
+        commit_time_micros: i64,
+    },
+}
+
+/// What applying an entry produced, the same on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// A blank or membership entry: nothing to report.
+    Nothing,
+    /// Each append's outcome, in order: accepted with positions, deduplicated, or rejected.
+    Appended(Vec<AppendResult>),
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of a Fjord partition group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// An entry of a partition group's log.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// The storage error type openraft expects.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// A membership as stored with the applied state.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;

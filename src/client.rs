@@ -1,0 +1,203 @@
+//! The command-line client: `fjord append`, `fjord read`, `fjord status` against a running region.
+//! Readable tables by default, `--json` for scripts.
+
+use std::io::Write;
+
+use anyhow::Context;
+use fjord_proto::v1;
+use fjord_proto::v1::cluster_client::ClusterClient;
+use fjord_proto::v1::event_store_client::EventStoreClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::pb;
+
+/// Flags every client subcommand shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// A node of the region, `host:port`.
+    #[arg(long, env = "FJORD_SERVER", default_value = "127.0.0.1:7101")]
+    pub server: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let endpoint = Channel::from_shared(format!("http://{}", self.server))
+            .with_context(|| format!("{} is not host:port", self.server))?;
+        endpoint.connect().await.with_context(|| format!("connecting to {}", self.server))
+    }
+}
+
+/// Flags of `fjord append`.
+#[derive(Debug, clap::Args)]
+pub struct AppendArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The stream.
+    stream: String,
+    /// The event type.
+    event_type: String,
+    /// The event data (JSON by default).
+    data: String,
+    /// Expected revision: `any`, `no-stream`, `exists`, or a number.
+    #[arg(long, default_value = "any")]
+    expected: String,
+}
+
+/// Flags of `fjord read`.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The stream to read.
+    stream: String,
+    /// The first revision to read.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// The most events to read (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Serve from the contacted node's applied state instead of through the leader.
+    #[arg(long)]
+    local: bool,
+}
+
+/// Flags of `fjord status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn failed(status: tonic::Status) -> anyhow::Error {
+    let reason = pb::reason_of(&status).unwrap_or("UNKNOWN").to_owned();
+    anyhow::anyhow!("{reason}: {}", status.message())
+}
+
+impl AppendArgs {
+    /// Appends the event and prints where it landed.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let expected = match self.expected.as_str() {
+            "any" => v1::expected_revision::Kind::Any(v1::Empty {}),
+            "no-stream" => v1::expected_revision::Kind::NoStream(v1::Empty {}),
+            "exists" => v1::expected_revision::Kind::StreamExists(v1::Empty {}),
+            number => v1::expected_revision::Kind::Exact(
+                number.parse().with_context(|| format!("--expected {number:?}: any, no-stream, exists or a number"))?,
+            ),
+        };
+        let request = v1::AppendRequest {
+            stream: self.stream.clone(),
+            expected: Some(v1::ExpectedRevision { kind: Some(expected) }),
+            events: vec![v1::ProposedEvent {
+                id: uuid::Uuid::now_v7().as_bytes().to_vec(),
+                r#type: self.event_type,
+                content_type: String::new(),
+                data: self.data.into_bytes(),
+                metadata: Default::default(),
+            }],
+        };
+        let mut client = EventStoreClient::new(self.client.channel().await?);
+        let response = client.append(request).await.map_err(failed)?.into_inner();
+        let position = response.positions.first().copied().unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        if self.client.json {
+            let line = json!({"stream": self.stream, "partition": position.partition, "offset": position.offset,
+                "revision": response.revision, "commit_time_micros": response.commit_time_micros});
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "appended to {} at revision {} (partition {}, offset {})",
+                self.stream, response.revision, position.partition, position.offset
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl ReadArgs {
+    /// Reads the stream and prints its events.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let consistency =
+            if self.local { v1::ReadConsistency::Local } else { v1::ReadConsistency::Linearizable } as i32;
+        let request = v1::ReadStreamRequest {
+            stream: self.stream.clone(),
+            from_revision: self.from,
+            backward: false,
+            limit: self.limit,
+            consistency,
+        };
+        let mut client = EventStoreClient::new(self.client.channel().await?);
+        let mut stream = client.read_stream(request).await.map_err(failed)?.into_inner();
+        let mut out = std::io::stdout().lock();
+        if !self.client.json {
+            writeln!(out, "{:>8}  {:>9}  {:>10}  {:<20}  data", "revision", "partition", "offset", "type")?;
+        }
+        while let Some(page) = stream.message().await.map_err(failed)? {
+            for event in page.events {
+                let position = event.position.unwrap_or_default();
+                let data = String::from_utf8_lossy(&event.data);
+                if self.client.json {
+                    let line = json!({"stream": event.stream, "revision": position.revision, "partition": position.partition,
+                        "offset": position.offset, "type": event.r#type, "data": data, "timestamp_micros": event.timestamp_micros});
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>8}  {:>9}  {:>10}  {:<20}  {data}",
+                        position.revision, position.partition, position.offset, event.r#type
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StatusArgs {
+    /// Prints the contacted node's view of the region.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut client = ClusterClient::new(self.client.channel().await?);
+        let status = client.status(v1::StatusRequest {}).await.map_err(failed)?.into_inner();
+        let mut out = std::io::stdout().lock();
+        if self.client.json {
+            let members: Vec<_> =
+                status.members.iter().map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter})).collect();
+            let partitions: Vec<_> = status
+                .partitions
+                .iter()
+                .map(|p| json!({"partition": p.partition, "leader": p.leader, "term": p.term, "role": p.role,
+                    "last_log_index": p.last_log_index, "applied_index": p.applied_index, "applied_offset": p.applied_offset}))
+                .collect();
+            let line = json!({"node_id": status.node_id, "region": status.region, "members": members, "partitions": partitions});
+            writeln!(out, "{line}")?;
+            return Ok(());
+        }
+        writeln!(out, "node {} of region {}", status.node_id, status.region)?;
+        for member in &status.members {
+            writeln!(
+                out,
+                "  member {:>3}  {:<22} {}",
+                member.id,
+                member.address,
+                if member.voter { "voter" } else { "learner" }
+            )?;
+        }
+        writeln!(
+            out,
+            "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}",
+            "partition", "leader", "term", "role", "log", "applied", "events"
+        )?;
+        for p in &status.partitions {
+            writeln!(
+                out,
+                "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}",
+                p.partition, p.leader, p.term, p.role, p.last_log_index, p.applied_index, p.applied_offset
+            )?;
+        }
+        Ok(())
+    }
+}

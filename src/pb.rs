@@ -1,0 +1,173 @@
+//! Conversions between the gRPC types of `fjord-proto` and the domain types of `fjord-log` and
+//! `fjord-raft`, and the one mapping from errors to gRPC statuses. Nowhere else converts.
+
+use std::collections::HashMap;
+
+use fjord_log::AppendOutcome;
+use fjord_log::AppendRequest;
+use fjord_log::ExpectedRevision;
+use fjord_log::ProposedEvent;
+use fjord_log::RecordedEvent;
+use fjord_log::Rejection;
+use fjord_proto::v1;
+use fjord_proto::v1::expected_revision::Kind;
+use fjord_raft::groups::GroupError;
+use tonic::Code;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use uuid::Uuid;
+
+/// The metadata key that carries an error's machine-readable reason.
+pub const REASON_KEY: &str = "fjord-reason";
+/// The metadata key that carries a stream's current revision with WRONG_EXPECTED_REVISION
+/// (absent when the stream has no events).
+pub const CURRENT_REVISION_KEY: &str = "fjord-current-revision";
+
+/// A status with a reason in its metadata.
+pub fn status(code: Code, reason: &'static str, message: impl Into<String>) -> Status {
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(REASON_KEY, MetadataValue::from_static(reason));
+    status
+}
+
+/// The reason a status carries, if any.
+pub fn reason_of(status: &Status) -> Option<&str> {
+    status.metadata().get(REASON_KEY).and_then(|v| v.to_str().ok())
+}
+
+/// A client's append as the log's request; malformed ids are refused.
+pub fn append_request(request: v1::AppendRequest) -> Result<AppendRequest, Status> {
+    let expected = match request.expected.and_then(|e| e.kind) {
+        None | Some(Kind::Any(_)) => ExpectedRevision::Any,
+        Some(Kind::NoStream(_)) => ExpectedRevision::NoStream,
+        Some(Kind::StreamExists(_)) => ExpectedRevision::StreamExists,
+        Some(Kind::Exact(revision)) => ExpectedRevision::Exact(revision),
+    };
+    let events = request
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let id = if event.id.is_empty() {
+                Uuid::now_v7()
+            } else {
+                Uuid::from_slice(&event.id).map_err(|_| {
+                    status(
+                        Code::InvalidArgument,
+                        "INVALID_ARGUMENT",
+                        format!("event {index}: id is {} bytes; a UUID is 16", event.id.len()),
+                    )
+                })?
+            };
+            Ok(ProposedEvent {
+                id,
+                event_type: event.r#type,
+                content_type: event.content_type,
+                data: event.data,
+                metadata: event.metadata.into_iter().collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(AppendRequest { stream: request.stream, expected, events })
+}
+
+/// The wire form of an append request (the client side and forwarding use it).
+pub fn append_request_to_wire(request: &AppendRequest) -> v1::AppendRequest {
+    let kind = match request.expected {
+        ExpectedRevision::Any => Kind::Any(v1::Empty {}),
+        ExpectedRevision::NoStream => Kind::NoStream(v1::Empty {}),
+        ExpectedRevision::StreamExists => Kind::StreamExists(v1::Empty {}),
+        ExpectedRevision::Exact(revision) => Kind::Exact(revision),
+    };
+    v1::AppendRequest {
+        stream: request.stream.clone(),
+        expected: Some(v1::ExpectedRevision { kind: Some(kind) }),
+        events: request
+            .events
+            .iter()
+            .map(|event| v1::ProposedEvent {
+                id: event.id.as_bytes().to_vec(),
+                r#type: event.event_type.clone(),
+                content_type: event.content_type.clone(),
+                data: event.data.clone(),
+                metadata: event.metadata.clone().into_iter().collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A successful append as the client sees it.
+pub fn append_response(outcome: &AppendOutcome, region: &str) -> v1::AppendResponse {
+    let last = outcome.positions.last().map_or(0, |p| p.offset);
+    v1::AppendResponse {
+        positions: outcome
+            .positions
+            .iter()
+            .map(|p| v1::EventPosition { partition: outcome.partition, offset: p.offset, revision: p.revision })
+            .collect(),
+        revision: outcome.revision,
+        commit_time_micros: outcome.commit_time_micros,
+        deduplicated: outcome.deduplicated,
+        token: Some(v1::ConsistencyToken {
+            region: region.to_owned(),
+            partition_offsets: HashMap::from([(outcome.partition, last + 1)]),
+        }),
+    }
+}
+
+/// A recorded event as the client sees it.
+pub fn recorded_event(event: RecordedEvent, partition: u32) -> v1::RecordedEvent {
+    v1::RecordedEvent {
+        id: event.id.as_bytes().to_vec(),
+        stream: event.stream,
+        r#type: event.event_type,
+        content_type: event.content_type,
+        data: event.data,
+        metadata: event.metadata.into_iter().collect(),
+        position: Some(v1::EventPosition { partition, offset: event.offset, revision: event.revision }),
+        timestamp_micros: event.timestamp_micros,
+    }
+}
+
+/// The status for a failed append or read through the groups.
+pub fn group_error(error: GroupError) -> Status {
+    match error {
+        GroupError::Invalid(invalid) => status(Code::InvalidArgument, "INVALID_ARGUMENT", invalid.to_string()),
+        GroupError::Rejected(rejection) => rejection_status(&rejection),
+        GroupError::NotLeader { group, .. } => status(
+            Code::Unavailable,
+            "LEADER_CHANGED",
+            format!("the leader of partition {group} changed while the request was in flight; retry"),
+        ),
+        GroupError::Unavailable { detail, .. } => status(Code::Unavailable, "UNAVAILABLE", detail),
+    }
+}
+
+/// The status for a deterministic rejection.
+pub fn rejection_status(rejection: &Rejection) -> Status {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::WrongExpectedRevision { current, .. } => {
+            let mut status = status(Code::FailedPrecondition, "WRONG_EXPECTED_REVISION", message);
+            if let Some(current) = current {
+                status.metadata_mut().insert(CURRENT_REVISION_KEY, MetadataValue::from(*current));
+            }
+            status
+        }
+        Rejection::EventIdReused { .. } => status(Code::AlreadyExists, "EVENT_ID_REUSED", message),
+        Rejection::PartialRetry { .. } => status(Code::AlreadyExists, "PARTIAL_RETRY", message),
+        Rejection::RetryOutOfOrder { .. } => status(Code::AlreadyExists, "RETRY_OUT_OF_ORDER", message),
+        Rejection::WrongPartition { .. } => status(Code::Internal, "WRONG_PARTITION", message),
+    }
+}
+
+/// The status for a storage failure while reading.
+pub fn log_error(error: fjord_log::Error) -> Status {
+    let code = match &error {
+        fjord_log::Error::Corrupt { .. } | fjord_log::Error::Segment(_) => Code::DataLoss,
+        fjord_log::Error::Invalid(_) => Code::InvalidArgument,
+        fjord_log::Error::NoSuchPartition { .. } => Code::NotFound,
+        _ => Code::Internal,
+    };
+    status(code, error.reason(), error.to_string())
+}

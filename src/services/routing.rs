@@ -1,0 +1,92 @@
+//! Finding a partition's leader and a client to it, for requests this node must forward.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_proto::v1::event_store_client::EventStoreClient;
+use fjord_raft::GroupId;
+use fjord_raft::NodeId;
+use fjord_raft::groups::Groups;
+use fjord_raft::network::MAX_MESSAGE_BYTES;
+use fjord_raft::network::PeerChannels;
+use tonic::Code;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+use crate::pb::status;
+
+/// Metadata set on a forwarded request, so it is forwarded at most once.
+pub const FORWARDED_KEY: &str = "fjord-forwarded";
+/// How long a request waits for a partition to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a partition's leader is, as far as this node knows.
+pub enum Leader {
+    /// This node leads the partition.
+    Local,
+    /// Another node does; here is a channel to it.
+    Remote(Channel),
+}
+
+/// Routes requests to partition leaders.
+#[derive(Clone)]
+pub struct Router {
+    groups: Arc<Groups>,
+    peers: Arc<PeerChannels>,
+}
+
+impl Router {
+    /// A router over this node's groups and peer channels.
+    pub fn new(groups: Arc<Groups>, peers: Arc<PeerChannels>) -> Self {
+        Router { groups, peers }
+    }
+
+    /// The groups of this node.
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// The leader of `group`, waiting for an election if none is known. A request that was already
+    /// forwarded once is not forwarded again (the leader moved while it travelled).
+    pub async fn leader(&self, group: GroupId, metadata: &MetadataMap) -> Result<Leader, Status> {
+        let raft = self.groups.raft(group).map_err(crate::pb::group_error)?;
+        let metrics =
+            raft.wait(Some(LEADER_WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                .await
+                .map_err(|_| status(Code::Unavailable, "NO_LEADER", format!("partition {group} has no leader")))?;
+        let leader: NodeId = metrics.current_leader.unwrap_or_default();
+        if leader == self.groups.node() {
+            return Ok(Leader::Local);
+        }
+        if metadata.contains_key(FORWARDED_KEY) {
+            return Err(status(
+                Code::Unavailable,
+                "LEADER_CHANGED",
+                format!("the leader of partition {group} changed while the request was in flight; retry"),
+            ));
+        }
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .ok_or_else(|| status(Code::Unavailable, "NO_LEADER", format!("leader {leader} has no address")))?;
+        Ok(Leader::Remote(self.peers.channel(leader, &address)))
+    }
+}
+
+/// An `EventStore` client over a peer channel, with the node's message size limits.
+pub fn event_store_client(channel: Channel) -> EventStoreClient<Channel> {
+    EventStoreClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A request marked as forwarded.
+pub fn forwarded<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}

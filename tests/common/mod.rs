@@ -1,0 +1,264 @@
+//! A region of real `fjord server` processes on loopback, for the integration tests: start, kill with
+//! SIGKILL, restart from their data, and talk to them with real gRPC clients.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use fjord_proto::v1;
+use fjord_proto::v1::cluster_client::ClusterClient;
+use fjord_proto::v1::event_store_client::EventStoreClient;
+use tonic::transport::Channel;
+
+/// One node process and how to restart it.
+pub struct TestNode {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    peers: String,
+    partitions: u32,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["server", "--node-id", &self.id.to_string(), "--listen", &self.address])
+            .args(["--peers", &self.peers, "--partitions", &self.partitions.to_string(), "--region", "test"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--config")
+            .arg(&self.config)
+            .env("FJORD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the node again from its data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub async fn store(&self) -> EventStoreClient<Channel> {
+        EventStoreClient::new(channel(&self.address).await)
+    }
+
+    pub async fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(channel(&self.address).await)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn channel(address: &str) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A region of `n` nodes with `partitions` partitions.
+pub struct TestRegion {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    pub partitions: u32,
+    config: PathBuf,
+}
+
+/// Raft timing for tests on a small, busy machine, and snapshots often enough to be exercised.
+const TEST_CONFIG: &str = "[groups]\nsnapshot_every_entries = 50\nentries_kept_after_snapshot = 10\n";
+
+impl TestRegion {
+    pub async fn start(n: u64, partitions: u32) -> TestRegion {
+        Self::start_with(n, partitions, TEST_CONFIG).await
+    }
+
+    /// A region whose nodes read `config` (TOML) as their config file.
+    pub async fn start_with(n: u64, partitions: u32, config: &str) -> TestRegion {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("fjord.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, free_address())).collect();
+        let peers = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        let mut nodes = Vec::new();
+        for (id, address) in addresses {
+            let mut node = TestNode {
+                id,
+                address,
+                data_dir: dir.path().join(format!("node-{id}")),
+                peers: peers.clone(),
+                partitions,
+                config: config_path.clone(),
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        let region = TestRegion { dir, nodes, partitions, config: config_path };
+        region.wait_for_leaders().await;
+        region
+    }
+
+    /// Adds a node that is not in the initial membership (it starts empty and waits to be added).
+    pub fn spawn_extra_node(&mut self, id: u64) -> &mut TestNode {
+        let mut node = TestNode {
+            id,
+            address: free_address(),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            peers: String::new(),
+            partitions: self.partitions,
+            config: self.config.clone(),
+            child: None,
+        };
+        node.spawn();
+        self.nodes.push(node);
+        self.nodes.last_mut().unwrap()
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// Waits until every partition has a leader that a running node agrees on.
+    pub async fn wait_for_leaders(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(leaders) = self.leaders().await
+                && leaders.len() == self.partitions as usize
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leaders after 30 s; see {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// partition → leader, as the running nodes see it, when every partition has a leader that is running.
+    pub async fn leaders(&self) -> Option<BTreeMap<u32, u64>> {
+        let running: Vec<&TestNode> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        let mut leaders = BTreeMap::new();
+        for node in &running {
+            let Ok(status) = node.cluster().await.status(v1::StatusRequest {}).await else { continue };
+            for p in status.into_inner().partitions {
+                if p.role == "leader" {
+                    leaders.insert(p.partition, node.id);
+                }
+            }
+        }
+        (leaders.len() == self.partitions as usize).then_some(leaders)
+    }
+
+    /// Reads a whole partition from one node's applied state.
+    pub async fn local_partition(&self, id: u64, partition: u32) -> Vec<v1::RecordedEvent> {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let request = v1::ReadPartitionRequest {
+            partition,
+            from_offset: 0,
+            limit: 0,
+            consistency: v1::ReadConsistency::Local as i32,
+        };
+        let mut pages = node.store().await.read_partition(request).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        while let Some(page) = pages.message().await.unwrap() {
+            events.extend(page.events);
+        }
+        events
+    }
+
+    /// Waits until every running node has applied the same number of events in every partition, then
+    /// checks they are byte-identical.
+    pub async fn assert_replicas_identical(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ids: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect();
+        for partition in 0..self.partitions {
+            loop {
+                let mut copies = Vec::new();
+                for &id in &ids {
+                    copies.push(self.local_partition(id, partition).await);
+                }
+                if copies.windows(2).all(|w| w[0] == w[1]) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "partition {partition} differs between nodes: lengths {:?}",
+                    copies.iter().map(Vec::len).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// An append of events with the given ids (as u128) to a stream.
+pub fn append(stream: &str, expected: Option<v1::expected_revision::Kind>, ids: &[u128]) -> v1::AppendRequest {
+    v1::AppendRequest {
+        stream: stream.to_owned(),
+        expected: expected.map(|kind| v1::ExpectedRevision { kind: Some(kind) }),
+        events: ids
+            .iter()
+            .map(|id| v1::ProposedEvent {
+                id: uuid::Uuid::from_u128(*id).as_bytes().to_vec(),
+                r#type: "Tested".to_owned(),
+                content_type: String::new(),
+                data: format!("{{\"id\":{id}}}").into_bytes(),
+                metadata: Default::default(),
+            })
+            .collect(),
+    }
+}
+
+/// Reads a whole stream, linearizably, through the given node.
+pub async fn read_stream(
+    client: &mut EventStoreClient<Channel>,
+    stream: &str,
+) -> Result<Vec<v1::RecordedEvent>, tonic::Status> {
+    let request = v1::ReadStreamRequest { stream: stream.to_owned(), ..Default::default() };
+    let mut pages = client.read_stream(request).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(page) = pages.message().await? {
+        events.extend(page.events);
+    }
+    Ok(events)
+}
+
+/// The reason metadata of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    status.metadata().get("fjord-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}

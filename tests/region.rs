@@ -1,0 +1,154 @@
+//! A 3-node region of real `fjord server` processes on loopback, driven through real gRPC clients.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestRegion;
+use common::append;
+use common::read_stream;
+use common::reason;
+use fjord_proto::v1;
+use fjord_proto::v1::expected_revision::Kind;
+use tokio::sync::Mutex;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_reads_through_every_node() {
+    let region = TestRegion::start(3, 4).await;
+    let mut id = 1u128;
+    for round in 0..4 {
+        for node in &region.nodes {
+            let stream = format!("order-{round}{}", node.id);
+            let response = node.store().await.append(append(&stream, None, &[id, id + 1])).await.unwrap().into_inner();
+            assert_eq!(response.positions.len(), 2);
+            assert_eq!(response.revision, 1);
+            let token = response.token.unwrap();
+            assert_eq!(token.region, "test");
+            id += 2;
+        }
+    }
+    for node in &region.nodes {
+        let mut client = node.store().await;
+        for round in 0..4 {
+            for writer in 1..=3 {
+                let events = read_stream(&mut client, &format!("order-{round}{writer}")).await.unwrap();
+                assert_eq!(events.iter().map(|e| e.position.unwrap().revision).collect::<Vec<_>>(), vec![0, 1]);
+            }
+        }
+        let head = client
+            .get_stream(v1::GetStreamRequest { stream: "order-01".to_owned(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(head.exists);
+        assert_eq!(head.revision, 1);
+    }
+    region.assert_replicas_identical().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_errors_reach_the_client_and_write_nothing() {
+    let region = TestRegion::start(3, 2).await;
+    let mut client = region.nodes[1].store().await;
+    let big = |bytes: usize| {
+        let mut request = append("s-1", None, &[1]);
+        request.events[0].data = vec![b'x'; bytes];
+        request
+    };
+    let mut cases: Vec<(&str, v1::AppendRequest)> = vec![
+        ("empty stream name", append("", None, &[1])),
+        ("stream name too long", append(&"s".repeat(256), None, &[1])),
+        ("whitespace in stream name", append("order 1", None, &[1])),
+        ("no events", append("s-1", None, &[])),
+        ("duplicate ids", append("s-1", None, &[5, 5])),
+        ("event data over 1 MiB", big(1024 * 1024 + 1)),
+    ];
+    let mut no_type = append("s-1", None, &[1]);
+    no_type.events[0].r#type = String::new();
+    cases.push(("empty type", no_type));
+    let mut bad_id = append("s-1", None, &[1]);
+    bad_id.events[0].id = vec![1, 2, 3];
+    cases.push(("id not 16 bytes", bad_id));
+    let mut metadata = append("s-1", None, &[1]);
+    metadata.events[0].metadata.insert("k".to_owned(), "v".repeat(64 * 1024));
+    cases.push(("metadata over 64 KiB", metadata));
+    let mut too_much = append("s-1", None, &[1, 2, 3, 4, 5]);
+    for event in &mut too_much.events {
+        event.data = vec![b'x'; 1024 * 1024];
+    }
+    cases.push(("append over 4 MiB", too_much));
+    for (what, request) in cases {
+        let status = client.append(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(reason(&status), "INVALID_ARGUMENT", "{what}");
+    }
+    for node in &region.nodes {
+        for partition in 0..2 {
+            assert!(region.local_partition(node.id, partition).await.is_empty(), "node {} wrote something", node.id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_expected_revision_is_failed_precondition_with_the_current_revision() {
+    let region = TestRegion::start(3, 2).await;
+    let mut client = region.nodes[0].store().await;
+    client.append(append("s-1", Some(Kind::NoStream(v1::Empty {})), &[1, 2, 3])).await.unwrap();
+    let status = client.append(append("s-1", Some(Kind::Exact(0)), &[4])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(reason(&status), "WRONG_EXPECTED_REVISION");
+    assert_eq!(status.metadata().get("fjord-current-revision").unwrap(), "2");
+    assert!(status.message().contains("stream s-1 is at revision 2, expected revision 0"), "{}", status.message());
+    let reused = client.append(append("s-1", None, &[1])).await.map(|r| r.into_inner().deduplicated);
+    assert!(reused.unwrap(), "the same id with the same content is a retry");
+    let mut changed = append("s-1", None, &[1]);
+    changed.events[0].data = b"{\"other\":1}".to_vec();
+    let status = client.append(changed).await.unwrap_err();
+    assert_eq!(reason(&status), "EVENT_ID_REUSED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_contention_exactly_one_writer_wins_each_revision() {
+    let region = TestRegion::start(3, 2).await;
+    let wins: Arc<Mutex<BTreeMap<u64, u128>>> = Arc::default();
+    let revisions = 15u64;
+    let mut writers = Vec::new();
+    for writer in 0..6u128 {
+        let node = &region.nodes[(writer % 3) as usize];
+        let mut client = node.store().await;
+        let wins = wins.clone();
+        writers.push(tokio::spawn(async move {
+            for revision in 0..revisions {
+                let id = (writer << 64) | (u128::from(revision) + 1);
+                let expected = if revision == 0 { Kind::NoStream(v1::Empty {}) } else { Kind::Exact(revision - 1) };
+                match client.append(append("contended-1", Some(expected), &[id])).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        assert_eq!(response.revision, revision);
+                        assert!(wins.lock().await.insert(revision, id).is_none(), "two winners at {revision}");
+                    }
+                    Err(status) => assert_eq!(reason(&status), "WRONG_EXPECTED_REVISION", "{status:?}"),
+                }
+                // Everyone moves on once someone has won this revision.
+                while !wins.lock().await.contains_key(&revision) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let wins = wins.lock().await.clone();
+    assert_eq!(wins.keys().copied().collect::<Vec<_>>(), (0..revisions).collect::<Vec<_>>());
+    let events = read_stream(&mut region.nodes[2].store().await, "contended-1").await.unwrap();
+    let stored: Vec<u128> = events.iter().map(|e| uuid::Uuid::from_slice(&e.id).unwrap().as_u128()).collect();
+    assert_eq!(stored, wins.values().copied().collect::<Vec<_>>());
+    let distinct: BTreeSet<_> = stored.iter().collect();
+    assert_eq!(distinct.len(), stored.len());
+}
