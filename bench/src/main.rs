@@ -4,6 +4,7 @@
 
 mod disk;
 mod log_append;
+mod region_append;
 mod summary;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Workload {
     Fsync(disk::FsyncArgs),
     /// Single-node durable appends through fjord-log's group commit, closed loop, one append in flight per writer.
     LogAppend(log_append::LogAppendArgs),
+    /// Durable appends to a region of real `fjord server` processes through gRPC, closed loop.
+    RegionAppend(region_append::RegionAppendArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.workload {
         Workload::Fsync(args) => disk::run(&args),
         Workload::LogAppend(args) => log_append::run(&args),
+        Workload::RegionAppend(args) => region_append::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
