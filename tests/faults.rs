@@ -64,7 +64,12 @@ async fn killing_leaders_loses_and_duplicates_nothing() {
     }
     for cycle in 0..KILL_CYCLES {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let leaders = region.leaders().await.expect("every partition has a leader");
+        let leaders = loop {
+            region.wait_for_leaders().await;
+            if let Some(leaders) = region.leaders().await {
+                break leaders;
+            }
+        };
         let victim = leaders[&(cycle % region.partitions)];
         region.node(victim).kill();
         tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -3,7 +3,6 @@
 //! Closed loop: each writer keeps one append in flight and sends the next when the last is acknowledged,
 //! so throughput at N writers over throughput at 1 writer shows what group commit buys.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use serde::Serialize;
 use crate::summary::Latency;
 use crate::summary::histogram;
 use crate::summary::record;
+use crate::summary::sweep;
 
 /// Flags of `fjord-bench log-append`.
 #[derive(Debug, clap::Args)]
@@ -66,29 +66,26 @@ struct LogAppendResult {
 }
 
 pub(crate) fn run(args: &LogAppendArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    for &writers in &args.writers {
-        let result = runtime.block_on(measure(args, writers))?;
-        if args.json {
-            println!("{}", serde_json::to_string(&result)?);
-        } else {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
+    sweep(
+        &args.writers,
+        args.json,
+        |writers| measure(args, writers),
+        |r| {
+            let writers = r.writers;
+            format!(
                 "log-append: {writers:>3} writers, {} partitions, {} B events x{}: {:>9.0} events/s, {:>6.1} MB/s, \
                  {:.1} appends/fsync, {:.2} CPU-s per M events; {}",
-                result.partitions,
-                result.event_size,
-                result.events_per_append,
-                result.events_per_sec,
-                result.mb_per_sec,
-                result.appends_per_fsync,
-                result.cpu_seconds_per_million_events,
-                result.latency
-            )?;
-        }
-    }
-    Ok(())
+                r.partitions,
+                r.event_size,
+                r.events_per_append,
+                r.events_per_sec,
+                r.mb_per_sec,
+                r.appends_per_fsync,
+                r.cpu_seconds_per_million_events,
+                r.latency
+            )
+        },
+    )
 }
 
 async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppendResult> {

@@ -2,7 +2,6 @@
 //! public gRPC API, closed loop: each writer keeps one append in flight, sent to the nodes in turn (a node
 //! that does not lead the partition forwards, as it would for any client).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -20,6 +19,7 @@ use tonic::transport::Channel;
 use crate::summary::Latency;
 use crate::summary::histogram;
 use crate::summary::record;
+use crate::summary::sweep;
 
 /// Flags of `fjord-bench region-append`.
 #[derive(Debug, clap::Args)]
@@ -65,28 +65,25 @@ struct RegionAppendResult {
 }
 
 pub(crate) fn run(args: &RegionAppendArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    for &writers in &args.writers {
-        let result = runtime.block_on(measure(args, writers))?;
-        if args.json {
-            println!("{}", serde_json::to_string(&result)?);
-        } else {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
+    sweep(
+        &args.writers,
+        args.json,
+        |writers| measure(args, writers),
+        |r| {
+            let writers = r.writers;
+            format!(
                 "region-append: {} nodes, {writers:>3} writers, {} partitions, {} B events: {:>8.0} events/s, \
                  {:>5.1} MB/s, {:.1} appends/raft entry; {}",
-                result.nodes,
-                result.partitions,
-                result.event_size,
-                result.events_per_sec,
-                result.mb_per_sec,
-                result.appends_per_raft_entry,
-                result.latency
-            )?;
-        }
-    }
-    Ok(())
+                r.nodes,
+                r.partitions,
+                r.event_size,
+                r.events_per_sec,
+                r.mb_per_sec,
+                r.appends_per_raft_entry,
+                r.latency
+            )
+        },
+    )
 }
 
 /// The region's processes; killed when dropped.

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+use std::io::Write;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -40,4 +43,25 @@ impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs", self.p50_us, self.p99_us, self.p999_us, self.max_us)
     }
+}
+
+/// Runs `measure` once per writer count on one runtime and prints each result: a JSON line with `json`,
+/// otherwise the line `describe` makes of it.
+pub(crate) fn sweep<R, F>(
+    writers: &[usize],
+    json: bool,
+    measure: impl Fn(usize) -> F,
+    describe: impl Fn(&R) -> String,
+) -> anyhow::Result<()>
+where
+    R: Serialize,
+    F: Future<Output = anyhow::Result<R>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    for &count in writers {
+        let result = runtime.block_on(measure(count))?;
+        let line = if json { serde_json::to_string(&result)? } else { describe(&result) };
+        writeln!(std::io::stdout().lock(), "{line}")?;
+    }
+    Ok(())
 }
