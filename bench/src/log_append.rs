@@ -19,8 +19,8 @@ use fjord_log::StoreOptions;
 use serde::Serialize;
 
 use crate::summary::Latency;
+use crate::summary::closed_loop;
 use crate::summary::histogram;
-use crate::summary::record;
 use crate::summary::sweep;
 
 /// Flags of `fjord-bench log-append`.
@@ -103,20 +103,14 @@ async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppe
         let (appender, payload) = (appender.clone(), payload.clone());
         let events_per_append = args.events_per_append;
         tasks.push(tokio::spawn(async move {
-            let mut latencies = histogram()?;
-            let mut appends = 0u64;
             let stream = format!("bench-{writer}");
-            while start.elapsed() < warm_up + measured {
+            closed_loop(start, warm_up, measured, || {
                 let events = (0..events_per_append).map(|_| ProposedEvent::json("Measured", payload.clone())).collect();
                 let request = AppendRequest { stream: stream.clone(), expected: ExpectedRevision::Any, events };
-                let sent = Instant::now();
-                appender.append(request).await?;
-                if sent >= start + warm_up {
-                    record(&mut latencies, sent.elapsed());
-                    appends += 1;
-                }
-            }
-            anyhow::Ok((appends, latencies))
+                let appender = appender.clone();
+                async move { Ok(appender.append(request).await.map(|_| ())?) }
+            })
+            .await
         }));
     }
     let cpu_before = process_cpu_seconds();

@@ -17,8 +17,8 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::summary::Latency;
+use crate::summary::closed_loop;
 use crate::summary::histogram;
-use crate::summary::record;
 use crate::summary::sweep;
 
 /// Flags of `fjord-bench region-append`.
@@ -161,11 +161,9 @@ async fn measure(args: &RegionAppendArgs, writers: usize) -> anyhow::Result<Regi
         let channels = channels.clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = histogram()?;
-            let mut appends = 0u64;
             let stream = format!("bench-{writer}");
             let mut turn = writer;
-            while start.elapsed() < warm_up + measured {
+            closed_loop(start, warm_up, measured, || {
                 let mut client = EventStoreClient::new(channels[turn % channels.len()].clone());
                 turn += 1;
                 let request = v1::AppendRequest {
@@ -179,14 +177,9 @@ async fn measure(args: &RegionAppendArgs, writers: usize) -> anyhow::Result<Regi
                         metadata: Default::default(),
                     }],
                 };
-                let sent = Instant::now();
-                client.append(request).await?;
-                if sent >= start + warm_up {
-                    record(&mut latencies, sent.elapsed());
-                    appends += 1;
-                }
-            }
-            anyhow::Ok((appends, latencies))
+                async move { Ok(client.append(request).await.map(|_| ())?) }
+            })
+            .await
         }));
     }
     tokio::time::sleep(warm_up).await;
