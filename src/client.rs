@@ -172,7 +172,8 @@ impl StatusArgs {
                 .map(|p| json!({"partition": p.partition, "leader": p.leader, "term": p.term, "role": p.role,
                     "last_log_index": p.last_log_index, "applied_index": p.applied_index, "applied_offset": p.applied_offset}))
                 .collect();
-            let line = json!({"node_id": status.node_id, "region": status.region, "members": members, "partitions": partitions});
+            let line = json!({"node_id": status.node_id, "region": status.region, "members": members, "partitions": partitions,
+                "wal_syncs": status.wal_syncs, "wal_synced_log_appends": status.wal_synced_log_appends});
             writeln!(out, "{line}")?;
             return Ok(());
         }
@@ -198,6 +199,11 @@ impl StatusArgs {
                 p.partition, p.leader, p.term, p.role, p.last_log_index, p.applied_index, p.applied_offset
             )?;
         }
+        writeln!(
+            out,
+            "write-ahead log: {} syncs made {} Raft log appends durable since start",
+            status.wal_syncs, status.wal_synced_log_appends
+        )?;
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
@@ -112,6 +112,11 @@ impl Node {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let cluster = ClusterServer::new(ClusterService::new(router, config.region.clone()));
+        // Replies are small and latency-bound: no Nagle delay (the builder's own nodelay setting does not
+        // reach a listener we bound ourselves), and keepalives find dead peers.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(10)));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -120,7 +125,7 @@ impl Node {
                 .add_service(cluster)
                 .add_service(health_service)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 }),
         );

@@ -71,31 +71,6 @@ pub fn append_request(request: v1::AppendRequest) -> Result<AppendRequest, Statu
     Ok(AppendRequest { stream: request.stream, expected, events })
 }
 
-/// The wire form of an append request (the client side and forwarding use it).
-pub fn append_request_to_wire(request: &AppendRequest) -> v1::AppendRequest {
-    let kind = match request.expected {
-        ExpectedRevision::Any => Kind::Any(v1::Empty {}),
-        ExpectedRevision::NoStream => Kind::NoStream(v1::Empty {}),
-        ExpectedRevision::StreamExists => Kind::StreamExists(v1::Empty {}),
-        ExpectedRevision::Exact(revision) => Kind::Exact(revision),
-    };
-    v1::AppendRequest {
-        stream: request.stream.clone(),
-        expected: Some(v1::ExpectedRevision { kind: Some(kind) }),
-        events: request
-            .events
-            .iter()
-            .map(|event| v1::ProposedEvent {
-                id: event.id.as_bytes().to_vec(),
-                r#type: event.event_type.clone(),
-                content_type: event.content_type.clone(),
-                data: event.data.clone(),
-                metadata: event.metadata.clone().into_iter().collect(),
-            })
-            .collect(),
-    }
-}
-
 /// A successful append as the client sees it.
 pub fn append_response(outcome: &AppendOutcome, region: &str) -> v1::AppendResponse {
     let last = outcome.positions.last().map_or(0, |p| p.offset);
@@ -140,6 +115,7 @@ pub fn group_error(error: GroupError) -> Status {
             format!("the leader of partition {group} changed while the request was in flight; retry"),
         ),
         GroupError::Unavailable { detail, .. } => status(Code::Unavailable, "UNAVAILABLE", detail),
+        GroupError::Refused { .. } => status(Code::FailedPrecondition, "FAILED_PRECONDITION", error.to_string()),
     }
 }
 

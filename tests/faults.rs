@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::TestRegion;
 use common::append;
-use common::read_stream;
+use common::stream_ids;
 
 const WRITERS: u128 = 4;
 const KILL_CYCLES: u32 = 4;
@@ -82,12 +82,7 @@ async fn killing_leaders_loses_and_duplicates_nothing() {
     for writer in writers {
         let (stream, acknowledged) = writer.await.unwrap();
         let mut client = region.nodes[0].store().await;
-        let stored: Vec<u128> = read_stream(&mut client, &stream)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| uuid::Uuid::from_slice(&e.id).unwrap().as_u128())
-            .collect();
+        let stored = stream_ids(&mut client, &stream).await;
         assert_eq!(stored, acknowledged, "{stream}: stored events differ from the acknowledged ones");
         total += acknowledged.len();
     }

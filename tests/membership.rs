@@ -1,5 +1,5 @@
 //! Membership: a fourth node joins a running region, catches up by snapshot and log, and serves reads;
-//! a removed node stops receiving traffic.
+//! a removed node stops receiving traffic; leadership moves to a named voter while writers keep writing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +10,8 @@ use std::time::Duration;
 use common::TestRegion;
 use common::append;
 use common::read_stream;
+use common::reason;
+use common::stream_ids;
 use fjord_proto::v1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,4 +49,57 @@ async fn local_copy(region: &TestRegion, id: u64) -> Vec<Vec<v1::RecordedEvent>>
         partitions.push(region.local_partition(id, partition).await);
     }
     partitions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_named_voter_and_writers_lose_nothing() {
+    let region = TestRegion::start(3, 2).await;
+    region.wait_for_leaders().await;
+    let leaders = region.leaders().await.unwrap();
+    let old_leader = leaders[&0];
+    let target = (1..=3).find(|id| *id != old_leader).unwrap();
+    let bystander = (1..=3).find(|id| *id != old_leader && *id != target).unwrap();
+
+    // A writer keeps appending through the old leader (retrying with the same ids, as clients do).
+    let mut writer_client = region.nodes[old_leader as usize - 1].store().await;
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 1..=60u128 {
+            let stream = format!("moving-{}", i % 5);
+            loop {
+                match writer_client.append(append(&stream, None, &[i])).await {
+                    Ok(_) => break,
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(status) => panic!("append {i} failed: {status:?}"),
+                }
+            }
+            acknowledged.push((stream, i));
+        }
+        acknowledged
+    });
+
+    // Asked through a node that does not lead: the request is forwarded to the leader.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut cluster = region.nodes[bystander as usize - 1].cluster().await;
+    cluster.transfer_leadership(v1::NodeRequest { node_id: target, groups: vec![0] }).await.unwrap();
+    let after = region.leaders().await.unwrap();
+    assert_eq!(after[&0], target, "partition 0 should be led by node {target}");
+    assert_eq!(after[&1], leaders[&1], "partition 1 was not asked to move");
+
+    let acknowledged = writer.await.unwrap();
+    let mut reader = region.nodes[0].store().await;
+    for stream in (0..5).map(|k| format!("moving-{k}")) {
+        let ids = stream_ids(&mut reader, &stream).await;
+        let expected: Vec<u128> = acknowledged.iter().filter(|(s, _)| *s == stream).map(|(_, i)| *i).collect();
+        assert_eq!(ids, expected, "stream {stream}: every acknowledged append once, in order");
+    }
+    region.assert_replicas_identical().await;
+
+    // Only a voter can lead; the refusal changes nothing.
+    let refused = cluster.transfer_leadership(v1::NodeRequest { node_id: 9, groups: vec![1] }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(reason(&refused), "FAILED_PRECONDITION");
+    assert_eq!(region.leaders().await.unwrap(), after);
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,11 +33,12 @@ struct FsyncResult {
     latency: Latency,
 }
 
-pub(crate) fn run(args: &FsyncArgs) -> anyhow::Result<()> {
-    let file = tempfile::tempfile_in(&args.dir)?;
+/// Times `rounds` of a 4 KiB write + fdatasync in a temporary file under `dir`, one at a time.
+pub(crate) fn fdatasync_latency(dir: &Path, rounds: u32) -> anyhow::Result<Latency> {
+    let file = tempfile::tempfile_in(dir)?;
     let block = vec![0xA5u8; 4096];
     let mut latencies = histogram()?;
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         // Rewrite a small ring of blocks, as a WAL does, so the file's size settles.
         let position = u64::from(round % 256) * 4096;
         let start = Instant::now();
@@ -44,7 +46,12 @@ pub(crate) fn run(args: &FsyncArgs) -> anyhow::Result<()> {
         file.sync_data()?;
         record(&mut latencies, start.elapsed());
     }
-    let result = FsyncResult { workload: "fsync", rounds: args.rounds, latency: Latency::of(&latencies) };
+    Ok(Latency::of(&latencies))
+}
+
+pub(crate) fn run(args: &FsyncArgs) -> anyhow::Result<()> {
+    let result =
+        FsyncResult { workload: "fsync", rounds: args.rounds, latency: fdatasync_latency(&args.dir, args.rounds)? };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use std::time::Instant;
 
 use fjord_log::AppendRequest;
 use fjord_log::Appender;
@@ -18,9 +17,12 @@ use fjord_log::ProposedEvent;
 use fjord_log::StoreOptions;
 use serde::Serialize;
 
+use crate::load::Pace;
+use crate::load::Window;
+use crate::load::cpu_seconds;
+use crate::load::join_writers;
+use crate::load::writer_loop;
 use crate::summary::Latency;
-use crate::summary::closed_loop;
-use crate::summary::histogram;
 use crate::summary::sweep;
 
 /// Flags of `fjord-bench log-append`.
@@ -97,14 +99,14 @@ async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppe
     let payload = vec![b'x'; args.event_size];
     let warm_up = Duration::from_secs(1);
     let measured = Duration::from_secs(args.seconds);
-    let start = Instant::now();
+    let window = Window::starting_now(warm_up, measured);
     let mut tasks = Vec::new();
     for writer in 0..writers {
         let (appender, payload) = (appender.clone(), payload.clone());
         let events_per_append = args.events_per_append;
         tasks.push(tokio::spawn(async move {
             let stream = format!("bench-{writer}");
-            closed_loop(start, warm_up, measured, || {
+            writer_loop(window, Pace::Closed, writer, writers, || {
                 let events = (0..events_per_append).map(|_| ProposedEvent::json("Measured", payload.clone())).collect();
                 let request = AppendRequest { stream: stream.clone(), expected: ExpectedRevision::Any, events };
                 let appender = appender.clone();
@@ -113,15 +115,9 @@ async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppe
             .await
         }));
     }
-    let cpu_before = process_cpu_seconds();
-    let mut latencies = histogram()?;
-    let mut appends = 0;
-    for task in tasks {
-        let (count, histogram) = task.await??;
-        appends += count;
-        latencies.add(histogram)?;
-    }
-    let cpu = process_cpu_seconds() - cpu_before;
+    let cpu_before = cpu_seconds(None).unwrap_or(0.0);
+    let (appends, latencies) = join_writers(tasks).await?;
+    let cpu = cpu_seconds(None).unwrap_or(0.0) - cpu_before;
     let stats = appender.stats();
     let fsyncs = stats.batches.load(Ordering::Relaxed);
     let written = stats.appends.load(Ordering::Relaxed);
@@ -145,20 +141,4 @@ async fn measure(args: &LogAppendArgs, writers: usize) -> anyhow::Result<LogAppe
         cpu_seconds_per_million_events: if events == 0 { 0.0 } else { cpu / events as f64 * 1e6 },
         latency: Latency::of(&latencies),
     })
-}
-
-/// CPU time (user + system) this process has used, in seconds.
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line; the state (field 3) is the first after the name.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions; it only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }

@@ -1,11 +1,16 @@
 //! `fjord-bench`: Fjord's benchmark harness. One subcommand per workload; each prints a readable summary
 //! and, with `--json`, a JSON result. Figures are only meaningful as ratios against peers measured on the
-//! same machine in the same run (see `bench/run-log` and bench/RESULTS.md).
+//! same machine in the same run (`bench/run-all` runs them all and writes bench/RESULTS.md).
 
+mod append;
 mod disk;
+mod fjord_region;
+mod load;
 mod log_append;
-mod region_append;
+mod peers;
+mod report;
 mod summary;
+mod target;
 
 use std::process::ExitCode;
 
@@ -26,8 +31,14 @@ enum Workload {
     Fsync(disk::FsyncArgs),
     /// Single-node durable appends through fjord-log's group commit, closed loop, one append in flight per writer.
     LogAppend(log_append::LogAppendArgs),
-    /// Durable appends to a region of real `fjord server` processes through gRPC, closed loop.
-    RegionAppend(region_append::RegionAppendArgs),
+    /// One writer, one append at a time, against Fjord or a peer, beside the disk's raw fdatasync.
+    AppendLatency(append::LatencyArgs),
+    /// Closed-loop writers swept over writers x partitions x event size, then half the best load open loop.
+    AppendThroughput(append::SweepArgs),
+    /// The throughput sweep with client-side batches (100 events per append by default).
+    AppendBatch(append::BatchArgs),
+    /// Turns the JSON results of a run into bench/RESULTS.md's tables, with Fjord/peer ratios.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,7 +46,10 @@ fn main() -> ExitCode {
     let result = match cli.workload {
         Workload::Fsync(args) => disk::run(&args),
         Workload::LogAppend(args) => log_append::run(&args),
-        Workload::RegionAppend(args) => region_append::run(&args),
+        Workload::AppendLatency(args) => append::latency(&args),
+        Workload::AppendThroughput(args) => append::throughput(&args),
+        Workload::AppendBatch(args) => append::batch(&args),
+        Workload::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

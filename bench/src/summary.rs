@@ -1,10 +1,8 @@
 //! Latency histograms and the shape of a result line.
 
-use std::time::Duration;
-
 use std::future::Future;
 use std::io::Write;
-use std::time::Instant;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -65,28 +63,4 @@ where
         writeln!(std::io::stdout().lock(), "{line}")?;
     }
     Ok(())
-}
-
-/// One closed-loop writer: sends with `send` (one request in flight) until `warm_up + measured` has passed
-/// since `start`, and counts and times only the requests sent after the warm-up.
-pub(crate) async fn closed_loop<F>(
-    start: Instant,
-    warm_up: Duration,
-    measured: Duration,
-    mut send: impl FnMut() -> F,
-) -> anyhow::Result<(u64, Histogram<u64>)>
-where
-    F: Future<Output = anyhow::Result<()>>,
-{
-    let mut latencies = histogram()?;
-    let mut sent_after_warm_up = 0u64;
-    while start.elapsed() < warm_up + measured {
-        let sent = Instant::now();
-        send().await?;
-        if sent >= start + warm_up {
-            record(&mut latencies, sent.elapsed());
-            sent_after_warm_up += 1;
-        }
-    }
-    Ok((sent_after_warm_up, latencies))
 }

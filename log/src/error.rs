@@ -222,6 +222,14 @@ pub enum Error {
         /// The partition.
         partition: u32,
     },
+    /// The operating system refused what the store needed (a thread, a file).
+    #[error("{what}: {detail}")]
+    System {
+        /// What the store was doing.
+        what: &'static str,
+        /// The operating system's error.
+        detail: String,
+    },
     /// A partition number outside `0..partitions`.
     #[error("partition {partition} does not exist; this store has {partitions} partitions")]
     NoSuchPartition {
@@ -242,7 +250,7 @@ impl Error {
             Error::Rejected(Rejection::PartialRetry { .. }) => "PARTIAL_RETRY",
             Error::Rejected(Rejection::RetryOutOfOrder { .. }) => "RETRY_OUT_OF_ORDER",
             Error::Rejected(Rejection::WrongPartition { .. }) => "WRONG_PARTITION",
-            Error::Storage(_) => "STORAGE",
+            Error::Storage(_) | Error::System { .. } => "STORAGE",
             Error::Corrupt { .. } | Error::Segment(_) => "DATA_CORRUPT",
             Error::Config(_) => "CONFIG",
             Error::WriterStopped { .. } => "SHUTTING_DOWN",

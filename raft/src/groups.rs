@@ -20,6 +20,7 @@ use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::sync::RwLock;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -59,6 +60,14 @@ pub enum GroupError {
         /// The partition.
         group: GroupId,
         /// What went wrong.
+        detail: String,
+    },
+    /// The request cannot be carried out in the group's current state (e.g. leadership to a non-voter).
+    #[error("partition {group}: {detail}")]
+    Refused {
+        /// The partition.
+        group: GroupId,
+        /// Why.
         detail: String,
     },
 }
@@ -128,8 +137,14 @@ pub struct Groups {
     node: NodeId,
     limits: Limits,
     storage: Arc<NodeStorage>,
+    peers: Arc<PeerChannels>,
     rafts: Arc<Vec<GroupRaft>>,
     queues: Vec<mpsc::Sender<Pending>>,
+    /// Per group: the batcher proposes under a read guard; a leadership transfer holds the write guard, so
+    /// nothing is proposed while leadership moves.
+    proposal_gates: Vec<Arc<RwLock<()>>>,
+    /// How long a follower refuses to vote after hearing from its leader (openraft's leader lease).
+    leader_lease: std::time::Duration,
 }
 
 impl Groups {
@@ -157,15 +172,23 @@ impl Groups {
             rafts.push(raft);
         }
         let rafts = Arc::new(rafts);
+        let proposal_gates: Vec<_> = (0..partitions).map(|_| Arc::new(RwLock::new(()))).collect();
         let queues = (0..partitions)
             .map(|group| {
                 let (sender, receiver) = mpsc::channel(4096);
-                let batcher = Batcher { node, group, raft: rafts[group as usize].clone(), config: config.clone() };
+                let batcher = Batcher {
+                    node,
+                    group,
+                    raft: rafts[group as usize].clone(),
+                    gate: proposal_gates[group as usize].clone(),
+                    config: config.clone(),
+                };
                 tokio::spawn(batcher.run(receiver));
                 sender
             })
             .collect();
-        Ok(Groups { node, limits, storage, rafts, queues })
+        let leader_lease = std::time::Duration::from_millis(config.election_timeout_max_ms);
+        Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease })
     }
 
     /// Makes `members` the initial voters of every group that is not initialized yet (a new region).
@@ -195,6 +218,11 @@ impl Groups {
     /// How many events of `group` this node has applied (its partition's next offset).
     pub fn applied_offset(&self, group: GroupId) -> u64 {
         self.storage.log_store().partition(group).map_or(0, |log| log.next_offset())
+    }
+
+    /// What the node's WAL syncer has done (syncs, and Raft log appends made durable by them).
+    pub fn wal_sync_stats(&self) -> &Arc<crate::wal_sync::WalSyncStats> {
+        self.storage.wal_sync_stats()
     }
 
     /// This node's id.
@@ -243,6 +271,18 @@ impl Groups {
             .ok_or_else(|| GroupError::Unavailable { group, detail: "no such partition".to_owned() })
     }
 
+    /// Moves the leadership of `group` from this node (its leader) to the voter `target`, which must hold
+    /// every entry first. Proposals to the group pause meanwhile, for about one leader lease (the election
+    /// timeout), since openraft 0.9 has no transfer of its own.
+    pub async fn transfer_leadership(&self, group: GroupId, target: NodeId) -> Result<(), GroupError> {
+        let gate = self
+            .proposal_gates
+            .get(group as usize)
+            .ok_or_else(|| GroupError::Refused { group, detail: "no such partition".to_owned() })?;
+        let leadership = crate::transfer::Leadership { raft: self.raft(group)?, node: self.node, group };
+        leadership.transfer_to(target, gate, &self.peers, self.leader_lease).await
+    }
+
     /// Stops every group.
     pub async fn shutdown(&self) {
         for raft in self.rafts.iter() {
@@ -253,7 +293,7 @@ impl Groups {
     }
 }
 
-fn leader_of(forward: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+pub(crate) fn leader_of(forward: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
     Some((forward.leader_id?, forward.leader_node.as_ref()?.addr.clone()))
 }
 
@@ -262,6 +302,7 @@ struct Batcher {
     node: NodeId,
     group: GroupId,
     raft: GroupRaft,
+    gate: Arc<RwLock<()>>,
     config: GroupsConfig,
 }
 
@@ -270,6 +311,7 @@ impl Batcher {
         let in_flight = Arc::new(Semaphore::new(self.config.max_entries_in_flight.max(1)));
         while let Some(first) = queue.recv().await {
             let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let open = self.gate.clone().read_owned().await;
             let mut bytes = data_bytes(&first.request);
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_appends && bytes < self.config.max_batch_bytes {
@@ -284,7 +326,7 @@ impl Batcher {
             let (raft, node, group) = (self.raft.clone(), self.node, self.group);
             tokio::spawn(async move {
                 propose(raft, node, group, batch).await;
-                drop(permit);
+                drop((open, permit));
             });
         }
     }

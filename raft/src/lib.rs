@@ -20,7 +20,9 @@ pub mod network;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+mod transfer;
 pub mod types;
+pub mod wal_sync;
 
 pub use keys::RAFT_COLUMN_FAMILIES;
 pub use log_store::GroupLogStore;

@@ -1,9 +1,10 @@
 //! [`GroupLogStore`]: one partition group's Raft log, in the node's RocksDB.
 //!
 //! Entries, vote and last-purged id live in the Raft column families under the group's prefix. The
-//! contract of openraft's `storage/v2.rs` is kept to the letter: appended entries are fsynced (one synced
-//! WriteBatch) before openraft is told they are persisted, a vote is fsynced before `save_vote` returns, and
-//! the last purged id is stored before entries are deleted. All RocksDB calls run on the blocking pool.
+//! contract of openraft's `storage/v2.rs` is kept to the letter: appended entries are readable when
+//! `append` returns and reported persisted only after a sync of the write-ahead log that covers them (the
+//! node's [`WalSyncer`] batches those syncs across groups), a vote is fsynced before `save_vote` returns,
+//! and the last purged id is stored before entries are deleted. All RocksDB calls run on the blocking pool.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -33,17 +34,19 @@ use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::StorageError;
 use crate::types::TypeConfig;
+use crate::wal_sync::WalSyncer;
 
 /// One group's Raft log. Cloning gives another handle to the same log (openraft's log readers).
 #[derive(Clone)]
 pub struct GroupLogStore {
     db: Arc<DB>,
     group: GroupId,
+    syncer: WalSyncer,
 }
 
 impl GroupLogStore {
-    pub(crate) fn new(db: Arc<DB>, group: GroupId) -> Self {
-        GroupLogStore { db, group }
+    pub(crate) fn new(db: Arc<DB>, group: GroupId, syncer: WalSyncer) -> Self {
+        GroupLogStore { db, group, syncer }
     }
 
     /// Runs `work` with the database on the blocking pool.
@@ -188,13 +191,13 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 for (index, bytes) in encoded {
                     batch.put_cf(log, keys::entry_key(group, index), bytes);
                 }
-                // One synced write: the entries are on disk before openraft hears they are persisted.
-                db.write_opt(batch, &synced()).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
+                // Readable now; durable at the next WAL sync, when openraft hears they are persisted.
+                db.write(batch).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
             })
             .await;
         match written {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                self.syncer.persisted_after_next_sync(callback);
                 Ok(())
             }
             Err(error) => {

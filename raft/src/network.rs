@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use fjord_proto::v1::internal::CampaignRequest;
+use fjord_proto::v1::internal::CampaignResponse;
 use fjord_proto::v1::internal::RaftMessage;
 use fjord_proto::v1::internal::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransport;
@@ -178,9 +180,13 @@ impl RaftTransportService {
     }
 
     fn group(&self, message: &RaftMessage) -> Result<&GroupRaft, tonic::Status> {
+        self.raft(message.group)
+    }
+
+    fn raft(&self, group: GroupId) -> Result<&GroupRaft, tonic::Status> {
         self.groups
-            .get(message.group as usize)
-            .ok_or_else(|| tonic::Status::not_found(format!("no raft group {} on this node", message.group)))
+            .get(group as usize)
+            .ok_or_else(|| tonic::Status::not_found(format!("no raft group {group} on this node")))
     }
 }
 
@@ -223,4 +229,27 @@ impl RaftTransport for RaftTransportService {
         let result = self.group(&message)?.install_snapshot(rpc).await;
         reply(message.group, &result)
     }
+
+    async fn campaign(
+        &self,
+        request: tonic::Request<CampaignRequest>,
+    ) -> Result<tonic::Response<CampaignResponse>, tonic::Status> {
+        self.raft(request.into_inner().group)?
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(CampaignResponse {}))
+    }
+}
+
+/// Asks `node` (at `address`) to stand for election in `group` now (see [`RaftTransport::campaign`]).
+pub async fn ask_to_campaign(peers: &PeerChannels, node: NodeId, address: &str, group: GroupId) -> Result<(), String> {
+    let mut request = tonic::Request::new(CampaignRequest { group });
+    request.set_timeout(Duration::from_secs(2));
+    RaftTransportClient::new(peers.channel(node, address))
+        .campaign(request)
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("node {node} did not campaign: {}", status.message()))
 }

@@ -14,12 +14,16 @@ use crate::snapshot::RegionIdentity;
 use crate::state_machine::GroupStateMachine;
 use crate::types::GroupId;
 use crate::types::StorageError;
+use crate::wal_sync::WalSyncStats;
+use crate::wal_sync::WalSyncer;
 
-/// A node's storage: the log store (with the Raft column families) and the snapshot directory.
+/// A node's storage: the log store (with the Raft column families), the snapshot directory, and the WAL
+/// syncer every group's Raft log shares.
 pub struct NodeStorage {
     store: Arc<LogStore>,
     snapshots: PathBuf,
     identity: RegionIdentity,
+    syncer: WalSyncer,
 }
 
 impl NodeStorage {
@@ -27,7 +31,16 @@ impl NodeStorage {
     /// `snapshots/<group>/`. Blocking.
     pub fn open(data_dir: &Path, options: &StoreOptions, identity: RegionIdentity) -> fjord_log::Result<Self> {
         let store = LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES)?;
-        Ok(NodeStorage { store: Arc::new(store), snapshots: data_dir.join("snapshots"), identity })
+        let syncer = WalSyncer::start(store.db().clone()).map_err(|error| fjord_log::Error::System {
+            what: "starting the WAL sync thread",
+            detail: error.to_string(),
+        })?;
+        Ok(NodeStorage { store: Arc::new(store), snapshots: data_dir.join("snapshots"), identity, syncer })
+    }
+
+    /// What the WAL syncer has done: syncs made and Raft log appends they made durable.
+    pub fn wal_sync_stats(&self) -> &Arc<WalSyncStats> {
+        self.syncer.stats()
     }
 
     /// The partition logs.
@@ -49,6 +62,6 @@ impl NodeStorage {
             self.snapshots.join(group.to_string()),
             self.identity.clone(),
         )?;
-        Ok((GroupLogStore::new(db, group), state_machine))
+        Ok((GroupLogStore::new(db, group, self.syncer.clone()), state_machine))
     }
 }

@@ -8,7 +8,6 @@ use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::cluster_server::Cluster;
 use fjord_raft::GroupId;
 use fjord_raft::groups::Groups;
-use fjord_raft::network::GroupRaft;
 use openraft::BasicNode;
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -16,6 +15,7 @@ use tonic::Code;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::pb::status;
 use crate::services::routing::Leader;
@@ -34,6 +34,25 @@ enum Change {
     AddLearner(u64, String),
     Promote(u64),
     Remove(u64),
+    TransferLeadership(u64),
+}
+
+impl Change {
+    /// Sends this change of one group to the group's leader.
+    async fn forward(&self, leader: &mut ClusterClient<Channel>, group: GroupId) -> Result<(), Status> {
+        let node = |node_id: u64| forwarded(v1::NodeRequest { node_id, groups: vec![group] });
+        match self {
+            Change::AddLearner(node_id, address) => {
+                let request =
+                    v1::AddLearnerRequest { node_id: *node_id, address: address.clone(), groups: vec![group] };
+                leader.add_learner(forwarded(request)).await?
+            }
+            Change::Promote(node_id) => leader.promote(node(*node_id)).await?,
+            Change::Remove(node_id) => leader.remove_node(node(*node_id)).await?,
+            Change::TransferLeadership(node_id) => leader.transfer_leadership(node(*node_id)).await?,
+        };
+        Ok(())
+    }
 }
 
 impl ClusterService {
@@ -56,32 +75,8 @@ impl ClusterService {
         let targets: Vec<GroupId> = if only.is_empty() { (0..count).collect() } else { only };
         for group in targets {
             match self.router.leader(group, metadata).await? {
-                Leader::Local => {
-                    change_here(self.groups().raft(group).map_err(crate::pb::group_error)?, &change).await?
-                }
-                Leader::Remote(channel) => {
-                    let mut client = ClusterClient::new(channel);
-                    match &change {
-                        Change::AddLearner(node_id, address) => {
-                            let request = v1::AddLearnerRequest {
-                                node_id: *node_id,
-                                address: address.clone(),
-                                groups: vec![group],
-                            };
-                            client.add_learner(forwarded(request)).await?;
-                        }
-                        Change::Promote(node_id) => {
-                            client
-                                .promote(forwarded(v1::NodeRequest { node_id: *node_id, groups: vec![group] }))
-                                .await?;
-                        }
-                        Change::Remove(node_id) => {
-                            client
-                                .remove_node(forwarded(v1::NodeRequest { node_id: *node_id, groups: vec![group] }))
-                                .await?;
-                        }
-                    }
-                }
+                Leader::Local => change_here(self.groups(), group, &change).await?,
+                Leader::Remote(channel) => change.forward(&mut ClusterClient::new(channel), group).await?,
             }
         }
         Ok(())
@@ -99,7 +94,8 @@ impl ClusterService {
     }
 }
 
-async fn change_here(raft: &GroupRaft, change: &Change) -> Result<(), Status> {
+async fn change_here(groups: &Groups, group: GroupId, change: &Change) -> Result<(), Status> {
+    let raft = groups.raft(group).map_err(crate::pb::group_error)?;
     let result = match change {
         Change::AddLearner(node_id, address) => raft.add_learner(*node_id, BasicNode::new(address), true).await,
         Change::Promote(node_id) => raft.change_membership(ChangeMembers::AddVoterIds([*node_id].into()), false).await,
@@ -112,6 +108,9 @@ async fn change_here(raft: &GroupRaft, change: &Change) -> Result<(), Status> {
                 ChangeMembers::RemoveNodes([*node_id].into())
             };
             raft.change_membership(change, false).await
+        }
+        Change::TransferLeadership(node_id) => {
+            return groups.transfer_leadership(group, *node_id).await.map_err(crate::pb::group_error);
         }
     };
     result.map(|_| ()).map_err(|error| status(Code::FailedPrecondition, "MEMBERSHIP", error.to_string()))
@@ -145,11 +144,14 @@ impl Cluster for ClusterService {
                 }
             })
             .collect();
+        let wal = groups.wal_sync_stats();
         Ok(Response::new(v1::StatusResponse {
             node_id: groups.node(),
             region: self.region.clone(),
             members: self.members(),
             partitions,
+            wal_syncs: wal.syncs(),
+            wal_synced_log_appends: wal.appends(),
         }))
     }
 
@@ -171,6 +173,15 @@ impl Cluster for ClusterService {
     async fn remove_node(&self, request: Request<v1::NodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
         let (metadata, _, remove) = request.into_parts();
         self.change(Change::Remove(remove.node_id), remove.groups, &metadata).await?;
+        Ok(Response::new(v1::MembershipResponse { members: self.members() }))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<v1::NodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let (metadata, _, transfer) = request.into_parts();
+        self.change(Change::TransferLeadership(transfer.node_id), transfer.groups, &metadata).await?;
         Ok(Response::new(v1::MembershipResponse { members: self.members() }))
     }
 }

@@ -11,6 +11,7 @@ use fjord_log::RecordedEvent;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_server::EventStore;
 use fjord_raft::GroupId;
+use fjord_raft::groups::GroupError;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
@@ -18,6 +19,7 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::pb;
+use crate::services::routing::FORWARDED_KEY;
 use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::event_store_client;
@@ -101,15 +103,28 @@ impl EventStore for EventStoreService {
         let append = pb::append_request(wire.clone())?;
         let groups = self.router.groups();
         groups.limits().validate_append(&append).map_err(|e| pb::group_error(e.into()))?;
-        match self.router.leader(groups.group_of(&append.stream), &metadata).await? {
-            Leader::Local => {
-                let outcome = groups.append(append).await.map_err(pb::group_error)?;
-                Ok(Response::new(pb::append_response(&outcome, &self.region)))
-            }
-            Leader::Remote(channel) => {
-                event_store_client(channel).append(forwarded(pb::append_request_to_wire(&append))).await
-            }
-        }
+        let group = groups.group_of(&append.stream);
+        let channel = match self.router.leader(group, &metadata).await? {
+            Leader::Local => match groups.append(append).await {
+                Ok(outcome) => return Ok(Response::new(pb::append_response(&outcome, &self.region))),
+                // Leadership moved before the entry was proposed, so nothing was written: forward it once.
+                Err(GroupError::NotLeader { .. }) if !metadata.contains_key(FORWARDED_KEY) => {
+                    match self.router.leader(group, &metadata).await? {
+                        Leader::Remote(channel) => channel,
+                        Leader::Local => {
+                            return Err(pb::group_error(GroupError::NotLeader {
+                                node: groups.node(),
+                                group,
+                                leader: None,
+                            }));
+                        }
+                    }
+                }
+                Err(error) => return Err(pb::group_error(error)),
+            },
+            Leader::Remote(channel) => channel,
+        };
+        event_store_client(channel).append(forwarded(wire)).await
     }
 
     async fn read_stream(&self, request: Request<v1::ReadStreamRequest>) -> Result<Response<ReadStream>, Status> {

@@ -258,6 +258,12 @@ pub async fn read_stream(
     Ok(events)
 }
 
+/// The ids (as u128) of a whole stream's events, read linearizably through the given node.
+pub async fn stream_ids(client: &mut EventStoreClient<Channel>, stream: &str) -> Vec<u128> {
+    let events = read_stream(client, stream).await.unwrap();
+    events.iter().map(|e| uuid::Uuid::from_slice(&e.id).unwrap().as_u128()).collect()
+}
+
 /// The reason metadata of a status.
 pub fn reason(status: &tonic::Status) -> String {
     status.metadata().get("fjord-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()

@@ -1,0 +1,82 @@
+//! [`WalSyncer`]: group commit for the Raft logs of every group on a node.
+//!
+//! openraft's storage contract lets `append` return once the entries are readable and report them
+//! persisted later, through a callback. A group's log store writes its entries to RocksDB without a sync
+//! (readable at once) and hands the callback here. One thread per node then syncs the write-ahead log once
+//! for every callback that has arrived meanwhile, from any group, and only then reports those entries
+//! persisted. One fsync thus serves many entries and many groups, and Raft never waits on a sync it does
+//! not need: nothing is reported persisted before a sync that started after its write.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use openraft::storage::LogFlushed;
+use rocksdb::DB;
+
+use crate::types::TypeConfig;
+
+/// The node's WAL syncer. Dropping every handle stops its thread once the callbacks queued are served.
+#[derive(Clone)]
+pub struct WalSyncer {
+    queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+    stats: Arc<WalSyncStats>,
+}
+
+/// What the syncer has done since the node started.
+#[derive(Debug, Default)]
+pub struct WalSyncStats {
+    syncs: AtomicU64,
+    appends: AtomicU64,
+}
+
+impl WalSyncStats {
+    /// WAL syncs made (each one fsync of the write-ahead log).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Raft log appends those syncs made durable.
+    pub fn appends(&self) -> u64 {
+        self.appends.load(Ordering::Relaxed)
+    }
+}
+
+impl WalSyncer {
+    /// Starts the syncer thread for `db`.
+    pub(crate) fn start(db: Arc<DB>) -> std::io::Result<Self> {
+        let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let stats = Arc::new(WalSyncStats::default());
+        let counted = stats.clone();
+        std::thread::Builder::new().name("fjord-wal-sync".to_owned()).spawn(move || {
+            while let Ok(first) = waiting.recv() {
+                let mut callbacks = vec![first];
+                callbacks.extend(waiting.try_iter());
+                let synced = db.flush_wal(true);
+                counted.syncs.fetch_add(1, Ordering::Relaxed);
+                counted.appends.fetch_add(callbacks.len() as u64, Ordering::Relaxed);
+                for callback in callbacks {
+                    let result = match &synced {
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(std::io::Error::other(format!("syncing the write-ahead log: {error}"))),
+                    };
+                    callback.log_io_completed(result);
+                }
+            }
+        })?;
+        Ok(WalSyncer { queue, stats })
+    }
+
+    /// Reports `callback` persisted after the next WAL sync, which covers every write made before this call.
+    pub(crate) fn persisted_after_next_sync(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(callback)) = self.queue.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("the WAL syncer has stopped")));
+        }
+    }
+
+    /// What the syncer has done.
+    pub fn stats(&self) -> &Arc<WalSyncStats> {
+        &self.stats
+    }
+}
