@@ -102,9 +102,13 @@ impl Node {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<EventStoreServer<EventStoreService>>().await;
+        // Reflection in both versions: grpcurl asks v1 first, many tools (and older grpcurl) only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
         let raft_transport = RaftTransportServer::new(RaftTransportService::new(groups.rafts().clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -125,6 +129,7 @@ impl Node {
                 .add_service(cluster)
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 }),

@@ -35,7 +35,7 @@ pub(crate) struct CommonArgs {
     /// Seconds to measure each point (after a one-second warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Print one JSON line per result instead of a readable line.
+    /// Print one JSON line per result to stdout (the readable line goes to stderr).
     #[arg(long)]
     json: bool,
 }
@@ -118,9 +118,15 @@ struct Point {
 }
 
 impl Point {
+    /// Prints the readable line to stdout or, with `json`, the JSON line to stdout and the readable one to
+    /// stderr (so a script collecting results still shows progress).
     fn print(&self, json: bool) -> anyhow::Result<()> {
-        let line = if json { serde_json::to_string(self)? } else { self.describe() };
-        writeln!(std::io::stdout().lock(), "{line}")?;
+        if json {
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(self)?)?;
+            writeln!(std::io::stderr().lock(), "{}", self.describe())?;
+        } else {
+            writeln!(std::io::stdout().lock(), "{}", self.describe())?;
+        }
         Ok(())
     }
 

@@ -2,7 +2,6 @@
 //! and killed when dropped. Writers reach it as any client does: writer `w` keeps one connection to node
 //! `w mod n`, which forwards to the partition's leader when it does not lead the writer's stream.
 
-use std::path::Path;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
@@ -15,6 +14,8 @@ use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
+
+use crate::target::TargetArgs;
 
 /// A running region; its processes are killed and its data removed when dropped.
 pub(crate) struct FjordRegion {
@@ -37,21 +38,27 @@ fn free_address() -> anyhow::Result<String> {
 }
 
 impl FjordRegion {
-    /// Starts `nodes` servers of `fjord` with `partitions` partitions, data in a fresh directory under `dir`,
-    /// and waits until every partition has a leader.
-    pub(crate) async fn start(fjord: &Path, dir: &Path, nodes: u64, partitions: u32) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir_in(dir)?;
+    /// Starts the region `args` describe with `partitions` partitions, data in a fresh directory under
+    /// `args.dir`, and waits until every partition has a leader.
+    pub(crate) async fn start(args: &TargetArgs, partitions: u32) -> anyhow::Result<Self> {
+        let (fjord, nodes) = (&args.fjord, args.nodes);
+        let data = tempfile::tempdir_in(&args.dir)?;
         let addresses = (0..nodes).map(|_| free_address()).collect::<anyhow::Result<Vec<_>>>()?;
         let peers = addresses.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let mut region = FjordRegion { children: Vec::new(), channels: Vec::new(), data };
         for (i, address) in addresses.iter().enumerate() {
-            let child = Command::new(fjord)
+            let mut command = Command::new(fjord);
+            if let Some(config) = &args.fjord_config {
+                command.arg("--config").arg(config);
+            }
+            let child = command
                 .args(["server", "--node-id", &(i + 1).to_string(), "--listen", address, "--peers", &peers])
                 .args(["--partitions", &partitions.to_string()])
                 .arg("--data-dir")
                 .arg(region.data.path().join(format!("node-{}", i + 1)))
                 .env("FJORD_LOG", "error")
                 .stdout(Stdio::null())
+                .stderr(std::fs::File::create(region.data.path().join(format!("node-{}.log", i + 1)))?)
                 .spawn()
                 .with_context(|| format!("starting {}", fjord.display()))?;
             region.children.push(child);

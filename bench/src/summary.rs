@@ -44,8 +44,8 @@ impl std::fmt::Display for Latency {
     }
 }
 
-/// Runs `measure` once per writer count on one runtime and prints each result: a JSON line with `json`,
-/// otherwise the line `describe` makes of it.
+/// Runs `measure` once per writer count on one runtime and prints each result: the line `describe` makes of
+/// it, or with `json` a JSON line on stdout and that line on stderr.
 pub(crate) fn sweep<R, F>(
     writers: &[usize],
     json: bool,
@@ -59,8 +59,12 @@ where
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     for &count in writers {
         let result = runtime.block_on(measure(count))?;
-        let line = if json { serde_json::to_string(&result)? } else { describe(&result) };
-        writeln!(std::io::stdout().lock(), "{line}")?;
+        if json {
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&result)?)?;
+            writeln!(std::io::stderr().lock(), "{}", describe(&result))?;
+        } else {
+            writeln!(std::io::stdout().lock(), "{}", describe(&result))?;
+        }
     }
     Ok(())
 }

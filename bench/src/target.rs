@@ -48,6 +48,9 @@ pub(crate) struct TargetArgs {
     /// Fjord: the `fjord` binary (a release build).
     #[arg(long, default_value = "target/release/fjord")]
     pub(crate) fjord: PathBuf,
+    /// Fjord: a node config file (TOML) every node also reads, e.g. to try `[groups]` settings.
+    #[arg(long)]
+    pub(crate) fjord_config: Option<PathBuf>,
     /// Fjord: nodes in the region.
     #[arg(long, default_value_t = 3)]
     pub(crate) nodes: u64,
@@ -82,7 +85,7 @@ impl Target {
             Ok(args.addresses.clone())
         };
         Ok(match args.system {
-            System::Fjord => Target::Fjord(FjordRegion::start(&args.fjord, &args.dir, args.nodes, partitions).await?),
+            System::Fjord => Target::Fjord(FjordRegion::start(args, partitions).await?),
             System::Nats | System::NatsLazy => Target::Nats(Nats::connect(&addresses()?).await?),
             System::Etcd => Target::Etcd(Etcd::connect(&addresses()?).await?),
             System::Redis => Target::Redis(Redis::connect(&addresses()?).await?),

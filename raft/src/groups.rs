@@ -104,7 +104,7 @@ impl Default for GroupsConfig {
             entries_kept_after_snapshot: 1000,
             max_batch_appends: 1024,
             max_batch_bytes: 8 * 1024 * 1024,
-            max_entries_in_flight: 8,
+            max_entries_in_flight: 2,
         }
     }
 }

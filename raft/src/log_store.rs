@@ -4,7 +4,8 @@
 //! contract of openraft's `storage/v2.rs` is kept to the letter: appended entries are readable when
 //! `append` returns and reported persisted only after a sync of the write-ahead log that covers them (the
 //! node's [`WalSyncer`] batches those syncs across groups), a vote is fsynced before `save_vote` returns,
-//! and the last purged id is stored before entries are deleted. All RocksDB calls run on the blocking pool.
+//! and the last purged id is stored before entries are deleted. Appends and entry reads (the hot path: short
+//! memtable and WAL-buffer work) run inline; synced writes and everything else run on the blocking pool.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -139,7 +140,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = range_to_indexes(&range);
-        self.blocking(move |db, group| read_entries(db, group, start, end)).await
+        // Inline: replication reads the newest entries, from the memtable, once per message sent.
+        read_entries(&self.db, self.group, start, end)
     }
 }
 
@@ -184,17 +186,15 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             let bytes = encode(&entry, ErrorSubject::Log(entry.log_id))?;
             encoded.push((entry.log_id.index, bytes));
         }
-        let written = self
-            .blocking(move |db, group| {
-                let log = cf(db, keys::CF_RAFT_LOG)?;
-                let mut batch = WriteBatch::default();
-                for (index, bytes) in encoded {
-                    batch.put_cf(log, keys::entry_key(group, index), bytes);
-                }
-                // Readable now; durable at the next WAL sync, when openraft hears they are persisted.
-                db.write(batch).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
-            })
-            .await;
+        // Inline, not on the blocking pool: an unsynced write (memtable and WAL buffer) costs less than the
+        // thread handoffs of `spawn_blocking`; the sync, the slow part, is the WAL syncer's.
+        let log = cf(&self.db, keys::CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        for (index, bytes) in encoded {
+            batch.put_cf(log, keys::entry_key(self.group, index), bytes);
+        }
+        // Readable now; durable at the next WAL sync, when openraft hears they are persisted.
+        let written = self.db.write(batch).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write));
         match written {
             Ok(()) => {
                 self.syncer.persisted_after_next_sync(callback);

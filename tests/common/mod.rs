@@ -79,7 +79,7 @@ impl Drop for TestNode {
     }
 }
 
-async fn channel(address: &str) -> Channel {
+pub async fn channel(address: &str) -> Channel {
     Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect_timeout(Duration::from_millis(500))
