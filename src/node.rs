@@ -102,13 +102,15 @@ impl Node {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<EventStoreServer<EventStoreService>>().await;
-        // Reflection in both versions: grpcurl asks v1 first, many tools (and older grpcurl) only v1alpha.
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
+        // describing our services and the health service.
+        let described = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = described().build_v1()?;
+        let reflection_v1alpha = described().build_v1alpha()?;
         let raft_transport = RaftTransportServer::new(RaftTransportService::new(groups.rafts().clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
