@@ -284,5 +284,15 @@ fn single_node_section(out: &mut String, results: &[Value]) -> anyhow::Result<()
             thousands(f(&r["ops_per_sec"])),
         )?;
     }
+    let Some(limit) = db_bench.first().map(|r| f(&r["ops_per_sec"])).filter(|&ops| ops > 0.0) else { return Ok(()) };
+    writeln!(out)?;
+    for r in log.iter().filter(|r| r["writers"] == 32) {
+        writeln!(
+            out,
+            "- fjord-log, 32 writers, {} partition(s) / db_bench fillseq (32 threads): **{:.2}x**",
+            r["partitions"],
+            f(&r["events_per_sec"]) / limit
+        )?;
+    }
     Ok(())
 }
