@@ -36,13 +36,14 @@ fn run_dev(cwd: &Path, port: u16) -> String {
         output.push_str(&line.unwrap());
         output.push('\n');
     }
-    assert!(child.wait().unwrap().success(), "fjord dev did not exit cleanly:\n{output}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "fjord dev did not exit cleanly ({status}):\n{output}");
     output
 }
 
+/// Three consecutive free ports: `fjord dev` takes the one given and the next two.
 fn dev_port() -> u16 {
-    let address = common::free_address();
-    address.rsplit_once(':').unwrap().1.parse().unwrap()
+    common::free_ports(3)
 }
 
 #[test]

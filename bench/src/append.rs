@@ -26,6 +26,8 @@ use crate::target::TargetArgs;
 
 /// Requests before this much time has passed are not counted.
 const WARM_UP: Duration = Duration::from_secs(1);
+/// An append not acknowledged in this long fails the measurement: a stuck system is a finding, not a hang.
+const APPEND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Flags every append workload takes.
 #[derive(Debug, clap::Args)]
@@ -244,7 +246,12 @@ async fn measure(
         tasks.push(tokio::spawn(async move {
             writer_loop(window, pace, writer, shape.writers, || {
                 let (target, events) = (target.clone(), events.clone());
-                async move { target.append(writer, &events).await }
+                async move {
+                    match tokio::time::timeout(APPEND_DEADLINE, target.append(writer, &events)).await {
+                        Ok(acknowledged) => acknowledged,
+                        Err(_) => anyhow::bail!("writer {writer}: no acknowledgement in {APPEND_DEADLINE:?}"),
+                    }
+                }
             })
             .await
         }));

@@ -20,6 +20,7 @@ use openraft::RaftNetwork;
 use openraft::RaftNetworkFactory;
 use openraft::error::InstallSnapshotError;
 use openraft::error::NetworkError;
+use openraft::error::PayloadTooLarge;
 use openraft::error::RPCError;
 use openraft::error::RaftError;
 use openraft::error::RemoteError;
@@ -42,8 +43,26 @@ use crate::types::GroupId;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 
-/// The largest message either side accepts (openraft bounds entries per append; snapshots come in chunks).
+/// The largest message either side accepts (snapshots come in chunks).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The most entry bytes one AppendEntries carries. openraft bounds entries per message by count only; a
+/// backlog of large entries over [`MAX_MESSAGE_BYTES`] would be refused by the receiver and resent forever,
+/// so larger backlogs go in several messages (a single entry is far below this: appends are bounded).
+pub const MAX_REPLICATION_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many leading entries fit in one AppendEntries, when not all of them do.
+fn entries_that_fit(entries: &[crate::types::Entry]) -> Option<u64> {
+    let mut total = 0usize;
+    for (count, entry) in entries.iter().enumerate() {
+        if let openraft::EntryPayload::Normal(command) = &entry.payload {
+            total += command.wire_bytes();
+        }
+        if total > MAX_REPLICATION_BYTES {
+            return Some(count.max(1) as u64);
+        }
+    }
+    None
+}
 
 /// The raft of a group, as the transport sees it.
 pub type GroupRaft = openraft::Raft<TypeConfig>;
@@ -148,6 +167,11 @@ impl RaftNetwork<TypeConfig> for GroupConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        if rpc.entries.len() > 1
+            && let Some(fit) = entries_that_fit(&rpc.entries)
+        {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         self.call(RPCTypes::AppendEntries, &rpc, &option).await
     }
 

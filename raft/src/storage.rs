@@ -31,7 +31,7 @@ impl NodeStorage {
     /// `snapshots/<group>/`. Blocking.
     pub fn open(data_dir: &Path, options: &StoreOptions, identity: RegionIdentity) -> fjord_log::Result<Self> {
         let store = LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES)?;
-        let syncer = WalSyncer::start(store.db().clone()).map_err(|error| fjord_log::Error::System {
+        let syncer = WalSyncer::start(store.db()).map_err(|error| fjord_log::Error::System {
             what: "starting the WAL sync thread",
             detail: error.to_string(),
         })?;

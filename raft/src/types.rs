@@ -25,6 +25,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Roughly how many bytes the command takes on the wire: its events' data, types and metadata, plus a
+    /// little per event. Used to keep replication messages within the transport's limit.
+    pub fn wire_bytes(&self) -> usize {
+        match self {
+            Command::Append { appends, .. } => appends
+                .iter()
+                .flat_map(|append| append.events.iter())
+                .map(|event| {
+                    let metadata: usize = event.metadata.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+                    event.data.len() + event.event_type.len() + event.content_type.len() + metadata + 32
+                })
+                .sum(),
+        }
+    }
+}
+
 /// What applying an entry produced, the same on every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {

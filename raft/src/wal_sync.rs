@@ -44,8 +44,10 @@ impl WalSyncStats {
 }
 
 impl WalSyncer {
-    /// Starts the syncer thread for `db`.
-    pub(crate) fn start(db: Arc<DB>) -> std::io::Result<Self> {
+    /// Starts the syncer thread for `db`. The thread holds the database weakly, so the database is closed
+    /// by its owners, never by this thread (a RocksDB closed on a detached thread can race process exit).
+    pub(crate) fn start(db: &Arc<DB>) -> std::io::Result<Self> {
+        let db = Arc::downgrade(db);
         let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let stats = Arc::new(WalSyncStats::default());
         let counted = stats.clone();
@@ -53,14 +55,14 @@ impl WalSyncer {
             while let Ok(first) = waiting.recv() {
                 let mut callbacks = vec![first];
                 callbacks.extend(waiting.try_iter());
-                let synced = db.flush_wal(true);
+                let synced = match db.upgrade() {
+                    Some(db) => db.flush_wal(true).map_err(|error| format!("syncing the write-ahead log: {error}")),
+                    None => Err("the database is closed".to_owned()),
+                };
                 counted.syncs.fetch_add(1, Ordering::Relaxed);
                 counted.appends.fetch_add(callbacks.len() as u64, Ordering::Relaxed);
                 for callback in callbacks {
-                    let result = match &synced {
-                        Ok(()) => Ok(()),
-                        Err(error) => Err(std::io::Error::other(format!("syncing the write-ahead log: {error}"))),
-                    };
+                    let result = synced.clone().map_err(std::io::Error::other);
                     callback.log_io_completed(result);
                 }
             }

@@ -3,12 +3,16 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod history;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -54,6 +58,15 @@ impl TestNode {
         }
     }
 
+    /// SIGSTOP (`pause: true`) or SIGCONT: the process keeps its state and sockets but does nothing, as a
+    /// node stalled by a long GC pause, a hung disk or an overloaded host does.
+    pub fn signal_pause(&self, pause: bool) {
+        let child = self.child.as_ref().expect("the node is not running");
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the node again from its data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is running", self.id);
@@ -87,10 +100,23 @@ pub async fn channel(address: &str) -> Channel {
         .connect_lazy()
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
+/// A free loopback address (see [`free_ports`]).
 pub fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", free_ports(1))
+}
+
+/// The first of `count` consecutive loopback ports that are free now. They are taken below the kernel's
+/// ephemeral range (32768 and up), so no outgoing connection can grab one between this check and the
+/// server's bind; each test process walks its own sequence, so concurrent test binaries do not collide.
+pub fn free_ports(count: u16) -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let step = NEXT.fetch_add(u64::from(count), Ordering::Relaxed);
+        let first = 10_000 + ((u64::from(std::process::id()) * 7919 + step) % 22_000) as u16;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
+            return first;
+        }
+    }
 }
 
 /// A region of `n` nodes with `partitions` partitions.
