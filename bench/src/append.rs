@@ -166,6 +166,55 @@ impl Point {
     }
 }
 
+/// A point of a sweep that could not be measured (an append went unacknowledged past the deadline, say):
+/// recorded as a finding, and the sweep goes on.
+#[derive(Debug, Serialize)]
+struct FailedPoint {
+    /// Always `failed-point`, so the report lists these apart.
+    workload: &'static str,
+    /// The sweep it belongs to.
+    sweep: &'static str,
+    system: System,
+    partitions: Option<u32>,
+    #[serde(flatten)]
+    shape: Shape,
+    pace: &'static str,
+    error: String,
+}
+
+impl FailedPoint {
+    fn new(
+        sweep: &'static str,
+        common: &CommonArgs,
+        partitions: u32,
+        shape: Shape,
+        pace: &'static str,
+        error: &anyhow::Error,
+    ) -> Self {
+        let system = common.target.system;
+        let partitions = (system == System::Fjord).then_some(partitions);
+        FailedPoint { workload: "failed-point", sweep, system, partitions, shape, pace, error: format!("{error:#}") }
+    }
+
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        let line = format!(
+            "{} {:?}: {} writers, {} B x{} per append, {} loop: FAILED: {}",
+            self.sweep,
+            self.system,
+            self.shape.writers,
+            self.shape.event_size,
+            self.shape.events_per_append,
+            self.pace,
+            self.error
+        );
+        if json {
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(self)?)?;
+        }
+        writeln!(std::io::stderr().lock(), "{line}")?;
+        Ok(())
+    }
+}
+
 /// Runs `append-latency`.
 pub(crate) fn latency(args: &LatencyArgs) -> anyhow::Result<()> {
     let runtime = runtime()?;
@@ -206,10 +255,15 @@ fn sweep(args: &SweepArgs, events_per_append: usize, workload: &'static str) -> 
                 let mut points = Vec::new();
                 for &writers in &args.writers {
                     let shape = Shape { writers, event_size, events_per_append };
-                    let mut point = measure(&target, common, partitions, shape, Pace::Closed).await?;
-                    point.workload = workload;
-                    point.print(common.json)?;
-                    points.push(point);
+                    match measure(&target, common, partitions, shape, Pace::Closed).await {
+                        Ok(mut point) => {
+                            point.workload = workload;
+                            point.print(common.json)?;
+                            points.push(point);
+                        }
+                        Err(error) => FailedPoint::new(workload, common, partitions, shape, "closed", &error)
+                            .print(common.json)?,
+                    }
                 }
                 // The highest throughput within the p99 limit, then half of it offered open loop.
                 let limit_us = (args.p99_limit_ms * 1000.0) as u64;
@@ -220,9 +274,14 @@ fn sweep(args: &SweepArgs, events_per_append: usize, workload: &'static str) -> 
                     .or_else(|| points.iter().max_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec)));
                 if let Some(best) = best {
                     let per_second = best.appends_per_sec / 2.0;
-                    let mut half = measure(&target, common, partitions, best.shape, Pace::Open { per_second }).await?;
-                    half.workload = workload;
-                    half.print(common.json)?;
+                    match measure(&target, common, partitions, best.shape, Pace::Open { per_second }).await {
+                        Ok(mut half) => {
+                            half.workload = workload;
+                            half.print(common.json)?;
+                        }
+                        Err(error) => FailedPoint::new(workload, common, partitions, best.shape, "open", &error)
+                            .print(common.json)?,
+                    }
                 }
             }
         }

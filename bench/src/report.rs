@@ -42,6 +42,7 @@ pub(crate) fn run(args: &ReportArgs) -> anyhow::Result<()> {
         sweep_section(&mut out, &results, workload, title)?;
     }
     single_node_section(&mut out, &results)?;
+    failed_section(&mut out, &results)?;
     if let Some(notes) = &args.notes {
         out += "\n";
         out += &std::fs::read_to_string(notes).with_context(|| format!("reading {}", notes.display()))?;
@@ -292,6 +293,32 @@ fn single_node_section(out: &mut String, results: &[Value]) -> anyhow::Result<()
             "- fjord-log, 32 writers, {} partition(s) / db_bench fillseq (32 threads): **{:.2}x**",
             r["partitions"],
             f(&r["events_per_sec"]) / limit
+        )?;
+    }
+    Ok(())
+}
+
+/// The points that could not be measured, if any: each is a finding in itself.
+fn failed_section(out: &mut String, results: &[Value]) -> anyhow::Result<()> {
+    let failed: Vec<&Value> = of(results, "failed-point").collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\n## Points that failed\n")?;
+    writeln!(out, "| sweep | system | partitions | writers | event | per append | pace | error |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    for point in failed {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} B | {} | {} | {} |",
+            point["sweep"].as_str().unwrap_or("?"),
+            system(point),
+            point["partitions"].as_u64().map_or("-".to_owned(), |p| p.to_string()),
+            point["writers"],
+            point["event_size"],
+            point["events_per_append"],
+            point["pace"].as_str().unwrap_or("?"),
+            point["error"].as_str().unwrap_or("?").replace('|', "/"),
         )?;
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! the mapping of streams to partitions ([`partitioner`]), the on-disk record encoding ([`record`]), the
 //! RocksDB layout and the deterministic apply of append batches ([`store`], [`partition`]), streaming reads
 //! ([`read`]), group commit ([`group_commit`]) and the sealed segment format ([`segment`], written down in
-//! `log/FORMAT.md`).
+//! `log/FORMAT.md`). [`planted`] holds the bugs the fault tests plant on purpose (debug builds only).
 //!
 //! It must never know about Raft, views or gRPC: the Raft state machine, the projection engine and the edge
 //! replica all build on the types here, never the other way round.
@@ -16,6 +16,7 @@ mod keys;
 pub mod limits;
 pub mod partition;
 pub mod partitioner;
+pub mod planted;
 pub mod read;
 pub mod record;
 mod restore;

@@ -10,11 +10,15 @@ use std::sync::Arc;
 
 use fjord_log::AppendOutcome;
 use fjord_log::AppendRequest;
+use fjord_log::Durability;
 use fjord_log::InvalidInput;
 use fjord_log::Limits;
+use fjord_log::PartitionLog;
 use fjord_log::Rejection;
 use fjord_log::group_commit::now_micros;
 use fjord_log::partition_of;
+use fjord_log::planted::PlantedBug;
+use fjord_log::planted::planted;
 use openraft::BasicNode;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
@@ -28,6 +32,7 @@ use tokio::sync::oneshot;
 use crate::network::GroupNetworkFactory;
 use crate::network::GroupRaft;
 use crate::network::PeerChannels;
+use crate::snapshot_schedule;
 use crate::storage::NodeStorage;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -72,6 +77,9 @@ pub enum GroupError {
     },
 }
 
+/// How long a linearizable read waits for the leader to apply its log before it gives up as unavailable.
+const READ_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the groups run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,7 +90,8 @@ pub struct GroupsConfig {
     pub election_timeout_min_ms: u64,
     /// Election timeout range, ms.
     pub election_timeout_max_ms: u64,
-    /// Entries applied since the last snapshot that trigger a new one.
+    /// Fewest entries applied between snapshots. A snapshot also waits until the partition has grown by as
+    /// many records as the last snapshot holds (see [`crate::snapshot_schedule`]).
     pub snapshot_every_entries: u64,
     /// Entries kept in the Raft log behind a snapshot (a lagging follower within them catches up by log).
     pub entries_kept_after_snapshot: u64,
@@ -117,7 +126,8 @@ impl GroupsConfig {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            // Snapshots are triggered by `snapshot_schedule`, whose rule openraft's policies cannot express.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
             purge_batch_size: 1,
             ..openraft::Config::default()
@@ -158,18 +168,24 @@ impl Groups {
     ) -> Result<Self, String> {
         let raft_config = Arc::new(config.raft_config()?);
         let partitions = storage.log_store().partition_count();
-        let mut rafts = Vec::new();
+        let (mut rafts, mut logs) = (Vec::new(), Vec::new());
         for group in 0..partitions {
             let opened = storage.clone();
             let (log_store, state_machine) = tokio::task::spawn_blocking(move || opened.group(group))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
+            let snapshot_size = state_machine.snapshot_size();
             let network = GroupNetworkFactory::new(group, peers.clone());
             let raft = GroupRaft::new(node, raft_config.clone(), network, log_store, state_machine)
                 .await
                 .map_err(|e| format!("starting raft group {group}: {e}"))?;
+            let log = storage.log_store().partition(group).map_err(|e| e.to_string())?.clone();
+            let schedule =
+                snapshot_schedule::run(group, raft.clone(), log.clone(), snapshot_size, config.snapshot_every_entries);
+            tokio::spawn(schedule);
             rafts.push(raft);
+            logs.push(log);
         }
         let rafts = Arc::new(rafts);
         let proposal_gates: Vec<_> = (0..partitions).map(|_| Arc::new(RwLock::new(()))).collect();
@@ -180,6 +196,7 @@ impl Groups {
                     node,
                     group,
                     raft: rafts[group as usize].clone(),
+                    log: logs[group as usize].clone(),
                     gate: proposal_gates[group as usize].clone(),
                     config: config.clone(),
                 };
@@ -253,15 +270,31 @@ impl Groups {
 
     /// Waits until this node may serve a linearizable read of `group`: it leads the group, a quorum agrees,
     /// and everything committed before the call is applied here.
+    ///
+    /// openraft's `ensure_linearizable` alone is not enough: a node whose stored vote says it led restarts
+    /// as leader at once, without a no-op entry of a new term, and its commit index then starts from what
+    /// its state machine had applied — which, after a power loss, may lack entries that were committed and
+    /// acknowledged before it. (The fault tests' power-loss nemesis found exactly this: a stale read.) So
+    /// the read also waits until everything in the leader's log when the read began is applied: every
+    /// acknowledged append is in that log, by Raft's leader completeness.
     pub async fn read_barrier(&self, group: GroupId) -> Result<(), GroupError> {
         let raft = self.raft(group)?;
+        let last_log_index = raft.metrics().borrow().last_log_index;
         match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(GroupError::NotLeader { node: self.node, group, leader: leader_of(&forward) })
+                return Err(GroupError::NotLeader { node: self.node, group, leader: leader_of(&forward) });
             }
-            Err(error) => Err(GroupError::Unavailable { group, detail: error.to_string() }),
+            Err(error) => return Err(GroupError::Unavailable { group, detail: error.to_string() }),
         }
+        raft.wait(Some(READ_APPLY_WAIT))
+            .applied_index_at_least(last_log_index, "a linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|error| GroupError::Unavailable {
+                group,
+                detail: format!("the leader's log was not applied in time for a linearizable read: {error}"),
+            })
     }
 
     /// The raft of one group.
@@ -302,6 +335,8 @@ struct Batcher {
     node: NodeId,
     group: GroupId,
     raft: GroupRaft,
+    /// The group's partition (touched here only by a planted bug).
+    log: Arc<PartitionLog>,
     gate: Arc<RwLock<()>>,
     config: GroupsConfig,
 }
@@ -324,6 +359,10 @@ impl Batcher {
                 }
             }
             let (raft, node, group) = (self.raft.clone(), self.node, self.group);
+            if planted(PlantedBug::AckBeforeMajority) && raft.metrics().borrow().current_leader == Some(node) {
+                ack_before_majority(&raft, &self.log, batch);
+                continue;
+            }
             tokio::spawn(async move {
                 propose(raft, node, group, batch).await;
                 drop((open, permit));
@@ -359,6 +398,20 @@ async fn propose(raft: GroupRaft, node: NodeId, group: GroupId, batch: Vec<Pendi
             }
         }
     }
+}
+
+/// The planted bug [`PlantedBug::AckBeforeMajority`]: the leader applies the batch to its own partition,
+/// acknowledges it, and only then proposes it (a follower that becomes leader may never have it).
+fn ack_before_majority(raft: &GroupRaft, log: &PartitionLog, batch: Vec<Pending>) {
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let commit_time_micros = now_micros();
+    let outcomes = log.prepare(&appends, commit_time_micros).and_then(|prepared| prepared.commit(Durability::Sync));
+    let Ok(outcomes) = outcomes else { return };
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome.map_err(GroupError::Rejected));
+    }
+    let raft = raft.clone();
+    tokio::spawn(async move { raft.client_write(Command::Append { appends, commit_time_micros }).await });
 }
 
 fn data_bytes(request: &AppendRequest) -> usize {

@@ -4,6 +4,7 @@
 //! - [`state_machine`]: applies committed entries through `fjord-log`'s deterministic
 //!   [`fjord_log::PartitionLog::prepare`], with the applied id in the same atomic write;
 //! - [`snapshot`]: snapshots as files of chained, checksummed segments that stream in chunks;
+//! - [`snapshot_schedule`]: when a group snapshots (amortized: the partition doubles between snapshots);
 //! - [`storage`]: opens a node's storage and hands out each group's log store and state machine.
 //!
 //! It builds on `fjord-log` and never reaches up into the node binary, views or queries.
@@ -18,6 +19,7 @@ mod keys;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
+pub mod snapshot_schedule;
 pub mod state_machine;
 pub mod storage;
 mod transfer;

@@ -32,6 +32,7 @@ use crate::snapshot::RegionIdentity;
 use crate::snapshot::SnapshotFile;
 use crate::snapshot::SnapshotRecords;
 use crate::snapshot::write_snapshot;
+use crate::snapshot_schedule::SnapshotSize;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Entry;
@@ -63,6 +64,8 @@ struct Shared {
     group: GroupId,
     snapshot_dir: PathBuf,
     identity: RegionIdentity,
+    /// Records in the current snapshot, for the snapshot schedule.
+    snapshot_size: SnapshotSize,
 }
 
 /// One partition group's state machine.
@@ -88,12 +91,23 @@ impl GroupStateMachine {
         std::fs::create_dir_all(&snapshot_dir).map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         remove_unfinished_files(&snapshot_dir);
         let group = log.partition();
-        let shared = Arc::new(Shared { db, log, group, snapshot_dir, identity });
+        let shared =
+            Arc::new(Shared { db, log, group, snapshot_dir, identity, snapshot_size: SnapshotSize::default() });
         if let Some(interrupted) = shared.read_meta::<StoredSnapshot>(keys::META_INSTALLING)? {
             tracing::warn!(group, snapshot = %interrupted.meta.snapshot_id, "finishing an interrupted snapshot install");
             shared.restore_from(&interrupted)?;
         }
+        // The stored snapshot does not record its size; the partition's size bounds it, which at worst
+        // delays the next snapshot until the partition has doubled from here.
+        if shared.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)?.is_some() {
+            shared.snapshot_size.set(shared.log.next_offset());
+        }
         Ok(GroupStateMachine { shared })
+    }
+
+    /// Records in the group's current snapshot, kept up to date as snapshots are built and installed.
+    pub fn snapshot_size(&self) -> SnapshotSize {
+        self.shared.snapshot_size.clone()
     }
 }
 
@@ -181,6 +195,7 @@ impl Shared {
         );
         self.db.write_opt(batch, &synced()).map_err(io_error(subject, ErrorVerb::Write))?;
         self.remove_snapshots_except(&file_name);
+        self.snapshot_size.set(next_offset);
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, next_offset, "snapshot built");
         open_snapshot(meta, path)
     }
@@ -208,8 +223,10 @@ impl Shared {
         }
         // Verify every segment before the partition is touched: a corrupt snapshot changes nothing.
         let records = SnapshotRecords::open(&path, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?;
+        let mut records_in_snapshot = 0;
         for record in records {
             record.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
+            records_in_snapshot += 1;
         }
         let stored = StoredSnapshot { meta: meta.clone(), file_name: file_name.clone() };
         let mut batch = WriteBatch::default();
@@ -221,6 +238,7 @@ impl Shared {
         self.db.write_opt(batch, &synced()).map_err(io_error(subject, ErrorVerb::Write))?;
         self.restore_from(&stored)?;
         self.remove_snapshots_except(&file_name);
+        self.snapshot_size.set(records_in_snapshot);
         Ok(())
     }
 

@@ -4,6 +4,10 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 pub mod history;
+pub mod lazyfs;
+pub mod nemesis;
+pub mod netns;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -11,6 +15,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,13 +34,24 @@ pub struct TestNode {
     peers: String,
     partitions: u32,
     config: PathBuf,
+    /// Extra environment (a planted bug, say).
+    env: Vec<(String, String)>,
+    /// The hosts' network, when the node runs in a namespace of its own.
+    network: Option<Arc<netns::Network>>,
     child: Option<Child>,
 }
 
 impl TestNode {
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        // Appended to, so a node's log keeps every run of it across restarts.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_fjord"));
+        let mut command = match &self.network {
+            Some(network) => network.command(self.id, program),
+            None => Command::new(program),
+        };
+        let child = command
             .args(["server", "--node-id", &self.id.to_string(), "--listen", &self.address])
             .args(["--peers", &self.peers, "--partitions", &self.partitions.to_string(), "--region", "test"])
             .arg("--data-dir")
@@ -43,6 +59,7 @@ impl TestNode {
             .arg("--config")
             .arg(&self.config)
             .env("FJORD_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -119,10 +136,26 @@ pub fn free_ports(count: u16) -> u16 {
     }
 }
 
-/// A region of `n` nodes with `partitions` partitions.
+/// How a test region runs.
+#[derive(Default)]
+pub struct RegionOptions {
+    /// Each node's data dir on a lose-unsynced-writes filesystem of its own (see [`lazyfs`]).
+    pub lazy_disks: bool,
+    /// Each node in a network namespace of its own, so links between nodes can be cut (see [`netns`]).
+    pub own_hosts: bool,
+    /// Extra environment for every node (a planted bug, say).
+    pub env: Vec<(String, String)>,
+}
+
+/// A region of `n` nodes with `partitions` partitions. (Fields drop in order: the nodes stop before their
+/// lazy filesystems unmount and their network goes, and those before the directory goes.)
 pub struct TestRegion {
-    pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
+    /// Node id → the lose-unsynced-writes filesystem its data dir is on (regions started on them).
+    pub disks: BTreeMap<u64, lazyfs::LazyFs>,
+    /// The hosts' network (regions started on their own hosts).
+    pub network: Option<Arc<netns::Network>>,
+    pub dir: tempfile::TempDir,
     pub partitions: u32,
     config: PathBuf,
 }
@@ -137,26 +170,49 @@ impl TestRegion {
 
     /// A region whose nodes read `config` (TOML) as their config file.
     pub async fn start_with(n: u64, partitions: u32, config: &str) -> TestRegion {
+        Self::launch(n, partitions, config, &RegionOptions::default()).await
+    }
+
+    /// A region run as `options` say.
+    pub async fn start_with_options(n: u64, partitions: u32, options: &RegionOptions) -> TestRegion {
+        Self::launch(n, partitions, TEST_CONFIG, options).await
+    }
+
+    async fn launch(n: u64, partitions: u32, config: &str, options: &RegionOptions) -> TestRegion {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("fjord.toml");
         std::fs::write(&config_path, config).unwrap();
-        let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, free_address())).collect();
+        let ids: Vec<u64> = (1..=n).collect();
+        let network = options.own_hosts.then(|| Arc::new(netns::Network::create(&ids)));
+        let addresses: BTreeMap<u64, String> = match &network {
+            Some(network) => {
+                ids.iter().map(|id| (*id, format!("{}:{}", network.address(*id), netns::NODE_PORT))).collect()
+            }
+            None => ids.iter().map(|id| (*id, free_address())).collect(),
+        };
         let peers = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
-        let mut nodes = Vec::new();
+        let (mut nodes, mut disks) = (Vec::new(), BTreeMap::new());
         for (id, address) in addresses {
+            let data_dir = dir.path().join(format!("node-{id}"));
+            if options.lazy_disks {
+                let backing = dir.path().join(format!("disk-{id}"));
+                disks.insert(id, lazyfs::LazyFs::mount(&backing, &data_dir).unwrap());
+            }
             let mut node = TestNode {
                 id,
                 address,
-                data_dir: dir.path().join(format!("node-{id}")),
+                data_dir,
                 peers: peers.clone(),
                 partitions,
                 config: config_path.clone(),
+                env: options.env.clone(),
+                network: network.clone(),
                 child: None,
             };
             node.spawn();
             nodes.push(node);
         }
-        let region = TestRegion { dir, nodes, partitions, config: config_path };
+        let region = TestRegion { nodes, disks, network, dir, partitions, config: config_path };
         region.wait_for_leaders().await;
         region
     }
@@ -170,11 +226,28 @@ impl TestRegion {
             peers: String::new(),
             partitions: self.partitions,
             config: self.config.clone(),
+            env: Vec::new(),
+            network: None,
             child: None,
         };
         node.spawn();
         self.nodes.push(node);
         self.nodes.last_mut().unwrap()
+    }
+
+    /// Power loss of every node at once: all are killed, every disk loses what was not fsynced, and all
+    /// start again. Only for regions started on lazy filesystems.
+    pub fn power_loss(&mut self) {
+        assert!(!self.disks.is_empty(), "a power loss needs a region on lazy filesystems");
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for disk in self.disks.values() {
+            disk.lose_unsynced_writes().unwrap();
+        }
+        for node in &mut self.nodes {
+            node.restart();
+        }
     }
 
     pub fn node(&mut self, id: u64) -> &mut TestNode {
@@ -212,6 +285,11 @@ impl TestRegion {
 
     /// Reads a whole partition from one node's applied state.
     pub async fn local_partition(&self, id: u64, partition: u32) -> Vec<v1::RecordedEvent> {
+        self.try_local_partition(id, partition).await.unwrap()
+    }
+
+    /// Reads a whole partition from one node's applied state, or says why it could not.
+    pub async fn try_local_partition(&self, id: u64, partition: u32) -> Result<Vec<v1::RecordedEvent>, tonic::Status> {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();
         let request = v1::ReadPartitionRequest {
             partition,
@@ -219,12 +297,12 @@ impl TestRegion {
             limit: 0,
             consistency: v1::ReadConsistency::Local as i32,
         };
-        let mut pages = node.store().await.read_partition(request).await.unwrap().into_inner();
+        let mut pages = node.store().await.read_partition(request).await?.into_inner();
         let mut events = Vec::new();
-        while let Some(page) = pages.message().await.unwrap() {
+        while let Some(page) = pages.message().await? {
             events.extend(page.events);
         }
-        events
+        Ok(events)
     }
 
     /// Waits until every running node has applied the same number of events in every partition, then

@@ -1,0 +1,196 @@
+//! Faults on purpose, on a seeded schedule, and the verdict on a run: the region is healed, every node's
+//! partitions are read whole, and the history checker judges them against what the clients saw.
+//!
+//! The nemeses (each cycle picks one, for a seeded while):
+//! - SIGKILL of a partition's leader, restarted from its data afterwards;
+//! - SIGSTOP of a leader, SIGCONT afterwards (a node stalled by a GC pause or a hung disk);
+//! - power loss of every node at once: all killed, every disk loses what was not fsynced (see
+//!   [`super::lazyfs`]), all restarted;
+//! - a follower's disk fills up (writes that grow a file fail with ENOSPC); afterwards the space is freed
+//!   and the node restarted, as an operator would;
+//! - a network partition that cuts one node off from the others (clients still reach it);
+//! - a partition that splits the region 2|1 with a partition's leader alone on the minority side;
+//! - a flaky link: a node's connections to its peers reset now and then.
+//!
+//! Power loss and full disks need a region on lazy filesystems, the network faults one on hosts of its own
+//! (`RegionOptions`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::TestRegion;
+use super::history::History;
+use super::history::Violation;
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillLeader,
+    PauseLeader,
+    PowerLoss,
+    FullDisk,
+    IsolateNode,
+    IsolateLeader,
+    FlakyLink,
+}
+
+impl Fault {
+    /// Every fault; those needing lazy filesystems only where the region has them.
+    pub fn all(region: &TestRegion) -> Vec<Fault> {
+        let mut faults = vec![Fault::KillLeader, Fault::PauseLeader];
+        if !region.disks.is_empty() {
+            faults.extend([Fault::PowerLoss, Fault::FullDisk]);
+        }
+        if region.network.is_some() {
+            faults.extend([Fault::IsolateNode, Fault::IsolateLeader, Fault::FlakyLink]);
+        }
+        faults
+    }
+}
+
+/// A reproducible schedule: xorshift64* from a seed, no crate.
+pub struct Schedule(u64);
+
+impl Schedule {
+    pub fn new(seed: u64) -> Schedule {
+        Schedule(seed.max(1))
+    }
+
+    /// A number in `0..below`.
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
+    }
+
+    /// A while between `min_ms` and `min_ms + spread_ms`.
+    pub fn pause(&mut self, min_ms: u64, spread_ms: u64) -> Duration {
+        Duration::from_millis(min_ms + self.next(spread_ms))
+    }
+}
+
+/// Partition → leader, once every partition has a running one.
+pub async fn leaders(region: &TestRegion) -> BTreeMap<u32, u64> {
+    loop {
+        region.wait_for_leaders().await;
+        if let Some(leaders) = region.leaders().await {
+            return leaders;
+        }
+    }
+}
+
+/// Injects one `fault` and heals it, waiting for every partition to have a leader again.
+pub async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut Schedule) {
+    let leaders = leaders(region).await;
+    let partition = schedule.next(u64::from(region.partitions)) as u32;
+    let leader = leaders[&partition];
+    let outage = schedule.pause(300, 1200);
+    match fault {
+        Fault::KillLeader => {
+            region.node(leader).kill();
+            tokio::time::sleep(outage).await;
+            region.node(leader).restart();
+        }
+        Fault::PauseLeader => {
+            region.node(leader).signal_pause(true);
+            tokio::time::sleep(outage).await;
+            region.node(leader).signal_pause(false);
+        }
+        Fault::PowerLoss => {
+            region.power_loss();
+        }
+        Fault::FullDisk => {
+            let followers: Vec<u64> = region.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+            let follower = followers[schedule.next(followers.len() as u64) as usize];
+            region.disks[&follower].set_full(true);
+            tokio::time::sleep(outage).await;
+            region.disks[&follower].set_full(false);
+            region.node(follower).kill();
+            region.node(follower).restart();
+        }
+        Fault::IsolateNode | Fault::IsolateLeader | Fault::FlakyLink => {
+            let network = region.network.clone().expect("network faults need a region on hosts of its own");
+            match fault {
+                Fault::IsolateNode => {
+                    network.isolate(region.nodes[schedule.next(region.nodes.len() as u64) as usize].id)
+                }
+                Fault::IsolateLeader => network.isolate(leader),
+                _ => network.make_flaky(region.nodes[schedule.next(region.nodes.len() as u64) as usize].id, 20),
+            }
+            // Long enough, at times, for the majority side to elect a leader of its own.
+            tokio::time::sleep(outage + schedule.pause(0, 1500)).await;
+            network.heal();
+        }
+    }
+    region.wait_for_leaders().await;
+}
+
+/// What a run did and what the checker found.
+pub struct Verdict {
+    pub summary: String,
+    pub violations: Vec<Violation>,
+}
+
+impl Verdict {
+    /// Panics with the violations (and where the failing run was kept) unless there are none.
+    pub fn assert_clean(&self) {
+        assert!(self.violations.is_empty(), "{}:\n{}", self.summary, self.violations_text());
+    }
+
+    pub fn violations_text(&self) -> String {
+        self.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Reads every node's partitions once the running nodes agree (or 30 s have passed), judges `history`
+/// against them, and keeps a failing run's history, data and logs for replay.
+pub async fn judge(region: &TestRegion, history: &History, faults: &BTreeMap<Fault, u64>, seed: u64) -> Verdict {
+    let mut copies = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        copies.clear();
+        let mut unanswered = Vec::new();
+        for node in region.nodes.iter().filter(|n| n.is_running()) {
+            let mut partitions = Vec::new();
+            for partition in 0..region.partitions {
+                match region.try_local_partition(node.id, partition).await {
+                    Ok(events) => partitions.push(events),
+                    Err(status) => unanswered.push(format!("node {} partition {partition}: {status}", node.id)),
+                }
+            }
+            copies.insert(node.id, partitions);
+        }
+        let agree = unanswered.is_empty() && copies.values().collect::<Vec<_>>().windows(2).all(|w| w[0] == w[1]);
+        if agree {
+            break;
+        }
+        // A node still starting up may not answer yet; one that never does is a failure of its own.
+        if tokio::time::Instant::now() > deadline {
+            assert!(unanswered.is_empty(), "nodes did not answer reads: {unanswered:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let violations = history.check(&copies);
+    let (acknowledged, failed, unknown) = history.counts();
+    let cycles: u64 = faults.values().sum();
+    let injected = faults.iter().map(|(fault, n)| format!("{n} {fault:?}")).collect::<Vec<_>>().join(", ");
+    let dropped: u64 = region.disks.values().map(|disk| disk.stats().bytes_dropped).sum();
+    let mut summary = format!(
+        "faults: {cycles} cycles (seed {seed}): {injected}; unsynced bytes lost to power losses: {dropped}; \
+         appends: {acknowledged} acknowledged, {failed} failed, {unknown} unknown; {} linearizable reads; \
+         {} violations",
+        history.reads(),
+        violations.len()
+    );
+    if !violations.is_empty() {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kept = std::env::temp_dir().join(format!("fjord-failed-history-{}-{run}-seed-{seed}", std::process::id()));
+        let copied = std::process::Command::new("cp").arg("-a").arg(region.dir.path()).arg(&kept).status();
+        history.dump(&kept.join("history.txt")).ok();
+        summary.push_str(&format!("; history, data and logs kept in {} ({copied:?})", kept.display()));
+    }
+    Verdict { summary, violations }
+}

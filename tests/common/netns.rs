@@ -1,0 +1,193 @@
+//! Nodes as hosts with addresses of their own, so the network between them can be cut: one Linux network
+//! namespace per node, a veth pair between every two nodes (a full mesh of point-to-point links), and one
+//! more from each node to the test process in the root namespace, where the clients live.
+//!
+//! No bridge and no routing through the root namespace: the Docker engine on these machines drops
+//! forwarded and bridged packets (`FORWARD` policy DROP with `bridge-nf-call-iptables`), and a mesh needs
+//! neither. Each node's address sits on its namespace's loopback, with a host route to every peer over
+//! that peer's link, so taking one link down cuts exactly those two nodes apart while both still reach
+//! the clients. A flaky link is an nftables rule in a node's namespace that resets a share of the TCP
+//! packets it sends to its peers (the kernel here has no `netem`).
+//!
+//! Needs root and iproute2 and nftables. Namespaces and links are named after the test process, and any
+//! left by a process that died are removed before new ones are made.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+/// Name prefix of everything this module creates.
+const PREFIX: &str = "fj";
+/// The port every node listens on (each has an address of its own).
+pub const NODE_PORT: u16 = 7000;
+
+/// The namespaces, links and addresses of one region's hosts; removed when dropped.
+pub struct Network {
+    /// Unique per region: `<pid in hex>x<n>`.
+    tag: String,
+    /// First three octets of every address.
+    subnet: String,
+    ids: Vec<u64>,
+    /// Links between `(a, b)` (a < b) that are down now.
+    cut: std::sync::Mutex<BTreeMap<(u64, u64), ()>>,
+}
+
+fn run(args: &[&str]) {
+    let output = Command::new(args[0]).args(&args[1..]).output().expect("running ip/nft");
+    assert!(output.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+fn run_in(namespace: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", namespace];
+    full.extend_from_slice(args);
+    run(&full);
+}
+
+/// Removes the namespaces (and with them their links) of test processes that are gone.
+fn remove_leftovers() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(pid) = rest.split('x').next().and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+impl Network {
+    /// Creates a host per id in `ids`, each reachable from here and from every other at [`Self::address`].
+    pub fn create(ids: &[u64]) -> Network {
+        static REGIONS: AtomicU64 = AtomicU64::new(0);
+        remove_leftovers();
+        let region = REGIONS.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let network = Network {
+            tag: format!("{pid:x}x{region}"),
+            subnet: format!("10.{}.{}", 100 + region % 100, pid % 250),
+            ids: ids.to_vec(),
+            cut: Default::default(),
+        };
+        let client = network.client_address();
+        for &id in ids {
+            let namespace = network.namespace(id);
+            run(&["ip", "netns", "add", &namespace]);
+            run(&["ip", "-n", &namespace, "link", "set", "lo", "up"]);
+            run(&["ip", "-n", &namespace, "addr", "add", &format!("{}/32", network.address(id)), "dev", "lo"]);
+            // The link to the clients: a /32 route each way, the client's address on the root side.
+            let (outside, inside) = (network.link(0, id), network.link(id, 0));
+            run(&["ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &namespace]);
+            run(&["ip", "addr", "add", &format!("{client}/32"), "dev", &outside]);
+            run(&["ip", "link", "set", &outside, "up"]);
+            run(&["ip", "-n", &namespace, "link", "set", &inside, "up"]);
+            run(&["ip", "route", "add", &format!("{}/32", network.address(id)), "dev", &outside, "src", &client]);
+            run(&["ip", "-n", &namespace, "route", "add", &format!("{client}/32"), "dev", &inside]);
+        }
+        for (i, &a) in ids.iter().enumerate() {
+            for &b in &ids[i + 1..] {
+                let (a_side, b_side) = (network.link(a, b), network.link(b, a));
+                let (a_namespace, b_namespace) = (network.namespace(a), network.namespace(b));
+                run(&["ip", "-n", &a_namespace, "link", "add", &a_side, "type", "veth", "peer", "name", &b_side]);
+                run(&["ip", "-n", &a_namespace, "link", "set", &b_side, "netns", &b_namespace]);
+                for (namespace, link, peer) in [(&a_namespace, &a_side, b), (&b_namespace, &b_side, a)] {
+                    run(&["ip", "-n", namespace, "link", "set", link, "up"]);
+                    let route = format!("{}/32", network.address(peer));
+                    run(&["ip", "-n", namespace, "route", "add", &route, "dev", link]);
+                }
+            }
+        }
+        for &id in ids {
+            let namespace = network.namespace(id);
+            run_in(&namespace, &["nft", "add", "table", "inet", "fjord"]);
+            run_in(
+                &namespace,
+                &["nft", "add", "chain", "inet", "fjord", "output", "{ type filter hook output priority 0 ; }"],
+            );
+        }
+        network
+    }
+
+    /// The network namespace of node `id`.
+    pub fn namespace(&self, id: u64) -> String {
+        format!("{PREFIX}{}n{id}", self.tag)
+    }
+
+    /// The link from `from` to `to` (0 is the clients' side), as named in `from`'s namespace.
+    fn link(&self, from: u64, to: u64) -> String {
+        format!("{PREFIX}{}{from}-{to}", self.tag)
+    }
+
+    /// Node `id`'s address.
+    pub fn address(&self, id: u64) -> String {
+        format!("{}.{id}", self.subnet)
+    }
+
+    /// The clients' address, in the root namespace.
+    fn client_address(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
+    /// A command that runs `program` inside node `id`'s namespace (`ip netns exec` execs it: same pid).
+    pub fn command(&self, id: u64, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.namespace(id)]).arg(program);
+        command
+    }
+
+    /// Takes the link between `a` and `b` down (or back up): neither can reach the other.
+    pub fn set_link(&self, a: u64, b: u64, up: bool) {
+        let (a, b) = (a.min(b), a.max(b));
+        run(&["ip", "-n", &self.namespace(a), "link", "set", &self.link(a, b), if up { "up" } else { "down" }]);
+        let mut cut = self.cut.lock().unwrap();
+        if up {
+            cut.remove(&(a, b));
+            // Bringing a veth end up drops the routes over it: put the pair's routes back.
+            for (from, to) in [(a, b), (b, a)] {
+                let route = format!("{}/32", self.address(to));
+                let _ = Command::new("ip")
+                    .args(["-n", &self.namespace(from), "route", "replace", &route, "dev", &self.link(from, to)])
+                    .status();
+            }
+        } else {
+            cut.insert((a, b), ());
+        }
+    }
+
+    /// Cuts node `id` off from every other node (clients still reach it).
+    pub fn isolate(&self, id: u64) {
+        for &peer in self.ids.iter().filter(|peer| **peer != id) {
+            self.set_link(id, peer, false);
+        }
+    }
+
+    /// Makes node `id`'s links to its peers reset about `percent` % of the TCP packets it sends them.
+    pub fn make_flaky(&self, id: u64, percent: u32) {
+        let rule = format!(
+            "oifname != \"{}\" meta l4proto tcp numgen random mod 100 < {percent} reject with tcp reset",
+            self.link(id, 0)
+        );
+        run_in(&self.namespace(id), &["nft", "add", "rule", "inet", "fjord", "output", &rule]);
+    }
+
+    /// Every link up and every flaky rule gone.
+    pub fn heal(&self) {
+        let cut: Vec<(u64, u64)> = self.cut.lock().unwrap().keys().copied().collect();
+        for (a, b) in cut {
+            self.set_link(a, b, true);
+        }
+        for &id in &self.ids {
+            run_in(&self.namespace(id), &["nft", "flush", "chain", "inet", "fjord", "output"]);
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for &id in &self.ids {
+            let _ = Command::new("ip").args(["link", "del", &self.link(0, id)]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.namespace(id)]).status();
+        }
+    }
+}
