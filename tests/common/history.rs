@@ -221,24 +221,33 @@ impl History {
         }
 
         // Linearizable reads: the floor a read must see is the highest acknowledged length, and the highest
-        // read length, among operations on its stream that completed before the read began.
+        // read length, among operations on its stream that completed before the read began. Per stream,
+        // both are running maxima over completion times, looked up by binary search (a soak has hundreds of
+        // thousands of operations).
+        let mut floors: BTreeMap<&str, Vec<(Instant, u64)>> = BTreeMap::new();
+        for op in &appends {
+            if let Outcome::Ok(positions) = &op.outcome
+                && let Some(last) = positions.last()
+            {
+                floors.entry(&op.stream).or_default().push((op.completed, last.revision + 1));
+            }
+        }
         for read in &reads {
-            let acknowledged = appends
-                .iter()
-                .filter(|op| op.stream == read.stream && op.completed < read.invoked)
-                .filter_map(|op| match &op.outcome {
-                    Outcome::Ok(positions) => positions.last().map(|p| p.revision + 1),
-                    _ => None,
-                })
-                .max()
-                .unwrap_or(0);
-            let seen = reads
-                .iter()
-                .filter(|other| other.stream == read.stream && other.completed < read.invoked)
-                .map(|other| other.events)
-                .max()
-                .unwrap_or(0);
-            let floor = acknowledged.max(seen);
+            floors.entry(&read.stream).or_default().push((read.completed, read.events));
+        }
+        for floor in floors.values_mut() {
+            floor.sort_by_key(|(completed, _)| *completed);
+            let mut highest = 0;
+            for (_, length) in floor.iter_mut() {
+                highest = highest.max(*length);
+                *length = highest;
+            }
+        }
+        for read in &reads {
+            let floor = floors.get(read.stream.as_str()).map_or(0, |floor| {
+                let before = floor.partition_point(|(completed, _)| *completed < read.invoked);
+                if before == 0 { 0 } else { floor[before - 1].1 }
+            });
             if read.events < floor {
                 violations.push(Violation::StaleRead {
                     stream: read.stream.clone(),
