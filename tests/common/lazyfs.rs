@@ -108,6 +108,7 @@ pub struct LossStats {
 impl LazyFs {
     /// Mounts a lazy view of `backing` at `mountpoint` (both directories, created if missing).
     pub fn mount(backing: &Path, mountpoint: &Path) -> std::io::Result<LazyFs> {
+        remove_stale_mounts();
         std::fs::create_dir_all(backing)?;
         std::fs::create_dir_all(mountpoint)?;
         let mut state = State { backing: backing.to_owned(), next_inode: 2, next_handle: 1, ..State::default() };
@@ -160,6 +161,21 @@ impl LazyFs {
     /// What simulated power losses have taken back so far.
     pub fn stats(&self) -> LossStats {
         self.state.lock().unwrap().stats
+    }
+}
+
+/// Detaches lazy filesystems whose serving process died (a test killed mid-run): their mountpoints answer
+/// every call with ENOTCONN.
+fn remove_stale_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some("fjord-lazyfs"), Some(mountpoint)) = (fields.next(), fields.next()) else { continue };
+        let stale = std::fs::metadata(mountpoint).is_err_and(|error| error.raw_os_error() == Some(libc::ENOTCONN));
+        if stale && let Ok(path) = std::ffi::CString::new(mountpoint) {
+            // SAFETY: a NUL-terminated path; umount2 reads it and nothing else.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
