@@ -1,7 +1,8 @@
-//! The fault run CI carries: a region on lose-unsynced-writes filesystems, clients appending (writers
+//! The fault run CI carries: a region on hosts of its own (containers, or network namespaces where there is
+//! no Docker engine; `common::hosts`) and lose-unsynced-writes filesystems, clients appending (writers
 //! retrying with the same ids, contenders racing on `exact` revisions, a linearizable reader), and a seeded
-//! schedule of faults mixing every nemesis in `common::nemesis` — SIGKILL and SIGSTOP of leaders, power loss
-//! of all nodes, a follower's disk filling up. The history checker (`common::history`) then judges what
+//! schedule of faults mixing every nemesis in `common::nemesis` — SIGKILL and pauses of leaders, power loss
+//! of all nodes, a follower's disk filling up, a node or a leader cut off, a flaky link. The history checker (`common::history`) then judges what
 //! every node holds: nothing acknowledged lost, moved or duplicated, nothing refused present, one winner per
 //! `exact` revision, linearizable reads never behind, every replica byte-identical.
 //!

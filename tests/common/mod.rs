@@ -3,7 +3,9 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod containers;
 pub mod history;
+pub mod hosts;
 pub mod lazyfs;
 pub mod nemesis;
 pub mod netns;
@@ -36,8 +38,8 @@ pub struct TestNode {
     config: PathBuf,
     /// Extra environment (a planted bug, say).
     env: Vec<(String, String)>,
-    /// The hosts' network, when the node runs in a namespace of its own.
-    network: Option<Arc<netns::Network>>,
+    /// The region's hosts, when the node runs on a host of its own.
+    network: Option<Arc<hosts::Hosts>>,
     child: Option<Child>,
 }
 
@@ -46,31 +48,38 @@ impl TestNode {
         // Appended to, so a node's log keeps every run of it across restarts.
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
-        let program = std::path::Path::new(env!("CARGO_BIN_EXE_fjord"));
-        let mut command = match &self.network {
-            Some(network) => network.command(self.id, program),
-            None => Command::new(program),
+        let mut env = vec![("FJORD_LOG".to_owned(), "warn".to_owned())];
+        env.extend(self.env.iter().cloned());
+        let launch = hosts::Launch {
+            program: fjord_program(),
+            args: [
+                ["server", "--node-id", &self.id.to_string(), "--listen", &self.address].as_slice(),
+                &["--peers", &self.peers, "--partitions", &self.partitions.to_string(), "--region", "test"],
+                &["--data-dir", &self.data_dir.display().to_string()],
+                &["--config", &self.config.display().to_string()],
+            ]
+            .concat()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+            env,
+            paths: vec![&self.data_dir, &self.config],
         };
-        let child = command
-            .args(["server", "--node-id", &self.id.to_string(), "--listen", &self.address])
-            .args(["--peers", &self.peers, "--partitions", &self.partitions.to_string(), "--region", "test"])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--config")
-            .arg(&self.config)
-            .env("FJORD_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut command = match &self.network {
+            Some(hosts) => hosts.command(self.id, &launch),
+            None => launch.with_args_and_env(Command::new(launch.program)),
+        };
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.child = Some(child);
     }
 
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
+            let killed_on_host = self.network.as_ref().is_some_and(|hosts| hosts.kill(self.id));
+            if !killed_on_host {
+                child.kill().unwrap();
+            }
             child.wait().unwrap();
         }
     }
@@ -79,6 +88,9 @@ impl TestNode {
     /// node stalled by a long GC pause, a hung disk or an overloaded host does.
     pub fn signal_pause(&self, pause: bool) {
         let child = self.child.as_ref().expect("the node is not running");
+        if self.network.as_ref().is_some_and(|hosts| hosts.pause(self.id, pause)) {
+            return;
+        }
         let signal = if pause { "-STOP" } else { "-CONT" };
         let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         assert!(status.success(), "kill {signal} failed");
@@ -107,6 +119,11 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `fjord` binary cargo built for these tests.
+pub fn fjord_program() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_fjord"))
 }
 
 pub async fn channel(address: &str) -> Channel {
@@ -141,7 +158,7 @@ pub fn free_ports(count: u16) -> u16 {
 pub struct RegionOptions {
     /// Each node's data dir on a lose-unsynced-writes filesystem of its own (see [`lazyfs`]).
     pub lazy_disks: bool,
-    /// Each node in a network namespace of its own, so links between nodes can be cut (see [`netns`]).
+    /// Each node on a host of its own, so links between nodes can be cut (see [`hosts`]).
     pub own_hosts: bool,
     /// Extra environment for every node (a planted bug, say).
     pub env: Vec<(String, String)>,
@@ -153,8 +170,8 @@ pub struct TestRegion {
     pub nodes: Vec<TestNode>,
     /// Node id → the lose-unsynced-writes filesystem its data dir is on (regions started on them).
     pub disks: BTreeMap<u64, lazyfs::LazyFs>,
-    /// The hosts' network (regions started on their own hosts).
-    pub network: Option<Arc<netns::Network>>,
+    /// The nodes' hosts and the network between them (regions started on hosts of their own).
+    pub network: Option<Arc<hosts::Hosts>>,
     pub dir: tempfile::TempDir,
     pub partitions: u32,
     config: PathBuf,
@@ -183,10 +200,10 @@ impl TestRegion {
         let config_path = dir.path().join("fjord.toml");
         std::fs::write(&config_path, config).unwrap();
         let ids: Vec<u64> = (1..=n).collect();
-        let network = options.own_hosts.then(|| Arc::new(netns::Network::create(&ids)));
+        let network = options.own_hosts.then(|| Arc::new(hosts::Hosts::create(&ids, fjord_program())));
         let addresses: BTreeMap<u64, String> = match &network {
             Some(network) => {
-                ids.iter().map(|id| (*id, format!("{}:{}", network.address(*id), netns::NODE_PORT))).collect()
+                ids.iter().map(|id| (*id, format!("{}:{}", network.address(*id), hosts::NODE_PORT))).collect()
             }
             None => ids.iter().map(|id| (*id, free_address())).collect(),
         };
@@ -360,6 +377,24 @@ pub async fn read_stream(
         events.extend(page.events);
     }
     Ok(events)
+}
+
+/// How many events a stream holds, read linearizably through the given node: one page, backward from the
+/// end (its last event's revision + 1), however long the stream has grown.
+pub async fn stream_length(client: &mut EventStoreClient<Channel>, stream: &str) -> Result<u64, tonic::Status> {
+    let request = v1::ReadStreamRequest {
+        stream: stream.to_owned(),
+        from_revision: u64::MAX,
+        backward: true,
+        limit: 1,
+        consistency: v1::ReadConsistency::Linearizable as i32,
+    };
+    let mut pages = client.read_stream(request).await?.into_inner();
+    let mut last = None;
+    while let Some(page) = pages.message().await? {
+        last = last.or(page.events.into_iter().next());
+    }
+    Ok(last.map_or(0, |event| event.position.expect("a recorded event has a position").revision + 1))
 }
 
 /// The ids (as u128) of a whole stream's events, read linearizably through the given node.

@@ -3,7 +3,8 @@
 //!
 //! The nemeses (each cycle picks one, for a seeded while):
 //! - SIGKILL of a partition's leader, restarted from its data afterwards;
-//! - SIGSTOP of a leader, SIGCONT afterwards (a node stalled by a GC pause or a hung disk);
+//! - a paused leader (SIGSTOP and SIGCONT, or the container's freezer) — a node stalled by a GC pause or a
+//!   hung disk;
 //! - power loss of every node at once: all killed, every disk loses what was not fsynced (see
 //!   [`super::lazyfs`]), all restarted;
 //! - a follower's disk fills up (writes that grow a file fail with ENOSPC); afterwards the space is freed
@@ -13,7 +14,7 @@
 //! - a flaky link: a node's connections to its peers reset now and then.
 //!
 //! Power loss and full disks need a region on lazy filesystems, the network faults one on hosts of its own
-//! (`RegionOptions`).
+//! (`RegionOptions`, [`super::hosts`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

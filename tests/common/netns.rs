@@ -14,28 +14,22 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 
-/// Name prefix of everything this module creates.
-const PREFIX: &str = "fj";
-/// The port every node listens on (each has an address of its own).
-pub const NODE_PORT: u16 = 7000;
+use super::hosts::RegionTag;
+use super::hosts::flaky_rule;
+use super::hosts::left_by_dead_process;
+use super::hosts::output;
+use super::hosts::run;
 
 /// The namespaces, links and addresses of one region's hosts; removed when dropped.
 pub struct Network {
-    /// Unique per region: `<pid in hex>x<n>`.
+    /// Unique per region: `fj<pid in hex>x<n>`.
     tag: String,
     /// First three octets of every address.
     subnet: String,
     ids: Vec<u64>,
     /// Links between `(a, b)` (a < b) that are down now.
     cut: std::sync::Mutex<BTreeMap<(u64, u64), ()>>,
-}
-
-fn run(args: &[&str]) {
-    let output = Command::new(args[0]).args(&args[1..]).output().expect("running ip/nft");
-    assert!(output.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
 }
 
 fn run_in(namespace: &str, args: &[&str]) {
@@ -46,12 +40,9 @@ fn run_in(namespace: &str, args: &[&str]) {
 
 /// Removes the namespaces (and with them their links) of test processes that are gone.
 fn remove_leftovers() {
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some(pid) = rest.split('x').next().and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { continue };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    let Some(namespaces) = output(&["ip", "netns", "list"]) else { return };
+    for name in namespaces.lines().filter_map(|line| line.split_whitespace().next()) {
+        if left_by_dead_process(name) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
@@ -59,17 +50,10 @@ fn remove_leftovers() {
 
 impl Network {
     /// Creates a host per id in `ids`, each reachable from here and from every other at [`Self::address`].
-    pub fn create(ids: &[u64]) -> Network {
-        static REGIONS: AtomicU64 = AtomicU64::new(0);
+    pub fn create(region: RegionTag, ids: &[u64]) -> Network {
         remove_leftovers();
-        let region = REGIONS.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let network = Network {
-            tag: format!("{pid:x}x{region}"),
-            subnet: format!("10.{}.{}", 100 + region % 100, pid % 250),
-            ids: ids.to_vec(),
-            cut: Default::default(),
-        };
+        let network =
+            Network { tag: region.name(), subnet: region.subnet(100), ids: ids.to_vec(), cut: Default::default() };
         let client = network.client_address();
         for &id in ids {
             let namespace = network.namespace(id);
@@ -111,12 +95,12 @@ impl Network {
 
     /// The network namespace of node `id`.
     pub fn namespace(&self, id: u64) -> String {
-        format!("{PREFIX}{}n{id}", self.tag)
+        format!("{}n{id}", self.tag)
     }
 
     /// The link from `from` to `to` (0 is the clients' side), as named in `from`'s namespace.
     fn link(&self, from: u64, to: u64) -> String {
-        format!("{PREFIX}{}{from}-{to}", self.tag)
+        format!("{}{from}-{to}", self.tag)
     }
 
     /// Node `id`'s address.
@@ -164,10 +148,7 @@ impl Network {
 
     /// Makes node `id`'s links to its peers reset about `percent` % of the TCP packets it sends them.
     pub fn make_flaky(&self, id: u64, percent: u32) {
-        let rule = format!(
-            "oifname != \"{}\" meta l4proto tcp numgen random mod 100 < {percent} reject with tcp reset",
-            self.link(id, 0)
-        );
+        let rule = flaky_rule(&format!("oifname != \"{}\"", self.link(id, 0)), percent);
         run_in(&self.namespace(id), &["nft", "add", "rule", "inet", "fjord", "output", &rule]);
     }
 

@@ -3,7 +3,7 @@
 //!   between nodes) until it is acknowledged;
 //! - contenders race in rounds on one stream: each reads the stream's length, then all append at once
 //!   expecting exactly that revision, so every round has one rightful winner;
-//! - a reader reads the writers' streams linearizably through the nodes in turn.
+//! - a reader reads how long the writers' streams are, linearizably, through the nodes in turn.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,7 +23,7 @@ use super::history::AppendOp;
 use super::history::History;
 use super::history::Outcome;
 use super::history::ReadOp;
-use super::read_stream;
+use super::stream_length;
 
 /// How long a client waits for any answer before counting the outcome unknown.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -158,8 +158,8 @@ async fn contend(
         let address = &addresses[turn % addresses.len()];
         turn += 1;
         let mut store = EventStoreClient::new(channel(address).await);
-        let length = match tokio::time::timeout(PATIENCE, read_stream(&mut store, CONTENDED_STREAM)).await {
-            Ok(Ok(events)) => Some(events.len() as u64),
+        let length = match tokio::time::timeout(PATIENCE, stream_length(&mut store, CONTENDED_STREAM)).await {
+            Ok(Ok(length)) => Some(length),
             _ => None,
         };
         if !round.next(&stop).await {
@@ -176,7 +176,7 @@ async fn contend(
     }
 }
 
-/// Reads the writers' streams linearizably through the nodes in turn, recording what each read saw.
+/// Reads the lengths of the writers' streams linearizably through the nodes in turn, recording what each read saw.
 async fn reader(client: usize, writers: usize, addresses: Vec<String>, history: Arc<History>, stop: Arc<AtomicBool>) {
     let mut turn = 0usize;
     while !stop.load(Ordering::Relaxed) && writers > 0 {
@@ -184,8 +184,8 @@ async fn reader(client: usize, writers: usize, addresses: Vec<String>, history: 
         let stream = format!("writer-{}", turn % writers);
         let mut store = EventStoreClient::new(channel(&addresses[turn % addresses.len()]).await);
         let invoked = Instant::now();
-        if let Ok(Ok(events)) = tokio::time::timeout(PATIENCE, read_stream(&mut store, &stream)).await {
-            history.read(ReadOp { client, stream, invoked, completed: Instant::now(), events: events.len() as u64 });
+        if let Ok(Ok(events)) = tokio::time::timeout(PATIENCE, stream_length(&mut store, &stream)).await {
+            history.read(ReadOp { client, stream, invoked, completed: Instant::now(), events });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,0 +1,189 @@
+//! Hosts with addresses of their own for a region's nodes, so the network between them can be cut while
+//! the clients in the test process still reach every node. Two kinds, with the same faults:
+//! - [`containers`](super::containers): a Docker container per node on a Docker network of the region's
+//!   own — the default wherever a Docker engine answers;
+//! - [`netns`](super::netns): a Linux network namespace per node, wired with veth links — where there is
+//!   no Docker engine (it needs only root, iproute2 and nftables).
+//!
+//! `FJORD_TEST_HOSTS=containers` or `=namespaces` picks one explicitly.
+//!
+//! Everything either kind creates is named `fj<pid in hex>x<region>…` after the test process, so what a
+//! killed test run left behind can be told apart from what a live one owns, and removed.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use super::containers;
+use super::netns;
+
+/// Name prefix of everything the host kinds create.
+const PREFIX: &str = "fj";
+/// The port every node listens on (each has an address of its own).
+pub const NODE_PORT: u16 = 7000;
+
+/// A region's hosts: where its nodes run, and the network between them.
+pub enum Hosts {
+    Containers(containers::Network),
+    Namespaces(netns::Network),
+}
+
+/// How to start one node: the same program, arguments, environment and files, whatever host it runs on.
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Paths the node reads or writes (its data dir, its config): a container sees them at the same path.
+    pub paths: Vec<&'a Path>,
+}
+
+impl Launch<'_> {
+    /// `command` (which runs the program) given the launch's arguments and environment.
+    pub fn with_args_and_env(&self, mut command: Command) -> Command {
+        command.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+}
+
+impl Hosts {
+    /// A host per id in `ids`, each reachable from here and from every other at [`Self::address`]; the
+    /// kind as `FJORD_TEST_HOSTS` says, else containers when a Docker engine answers, else namespaces.
+    pub fn create(ids: &[u64], program: &Path) -> Hosts {
+        static REGIONS: AtomicU64 = AtomicU64::new(0);
+        let region = RegionTag::new(REGIONS.fetch_add(1, Ordering::Relaxed));
+        let containers = match std::env::var("FJORD_TEST_HOSTS").as_deref() {
+            Ok("containers") => true,
+            Ok("namespaces") => false,
+            Ok(other) => panic!("FJORD_TEST_HOSTS={other}: expected `containers` or `namespaces`"),
+            Err(_) => docker_answers(),
+        };
+        if containers {
+            Hosts::Containers(containers::Network::create(region, ids, program))
+        } else {
+            Hosts::Namespaces(netns::Network::create(region, ids))
+        }
+    }
+
+    /// Node `id`'s address.
+    pub fn address(&self, id: u64) -> String {
+        match self {
+            Hosts::Containers(network) => network.address(id),
+            Hosts::Namespaces(network) => network.address(id),
+        }
+    }
+
+    /// A command that runs node `id` as `launch` says; its stdout and stderr are the node's.
+    pub fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
+        match self {
+            Hosts::Containers(network) => network.command(id, launch),
+            Hosts::Namespaces(network) => launch.with_args_and_env(network.command(id, launch.program)),
+        }
+    }
+
+    /// Kills node `id` with SIGKILL, when the process the test spawned is not the node itself (a
+    /// container's is the `docker` client); `false` when killing that process kills the node.
+    pub fn kill(&self, id: u64) -> bool {
+        match self {
+            Hosts::Containers(network) => {
+                network.kill(id);
+                true
+            }
+            Hosts::Namespaces(_) => false,
+        }
+    }
+
+    /// Freezes node `id` (or thaws it), when the process the test spawned is not the node itself; `false`
+    /// when signalling that process pauses the node.
+    pub fn pause(&self, id: u64, pause: bool) -> bool {
+        match self {
+            Hosts::Containers(network) => {
+                network.pause(id, pause);
+                true
+            }
+            Hosts::Namespaces(_) => false,
+        }
+    }
+
+    /// Cuts node `id` off from every other node (clients still reach it).
+    pub fn isolate(&self, id: u64) {
+        match self {
+            Hosts::Containers(network) => network.isolate(id),
+            Hosts::Namespaces(network) => network.isolate(id),
+        }
+    }
+
+    /// Makes node `id`'s connections to its peers reset about `percent` % of the TCP packets it sends them.
+    pub fn make_flaky(&self, id: u64, percent: u32) {
+        match self {
+            Hosts::Containers(network) => network.make_flaky(id, percent),
+            Hosts::Namespaces(network) => network.make_flaky(id, percent),
+        }
+    }
+
+    /// Every link whole again and every flaky rule gone.
+    pub fn heal(&self) {
+        match self {
+            Hosts::Containers(network) => network.heal(),
+            Hosts::Namespaces(network) => network.heal(),
+        }
+    }
+}
+
+/// The name and subnet numbers of one region's hosts, unique per test process and region.
+#[derive(Clone, Copy)]
+pub struct RegionTag {
+    pid: u32,
+    region: u64,
+}
+
+impl RegionTag {
+    fn new(region: u64) -> RegionTag {
+        RegionTag { pid: std::process::id(), region }
+    }
+
+    /// `fj<pid in hex>x<region>`: the prefix of every name the region's hosts use.
+    pub fn name(&self) -> String {
+        format!("{PREFIX}{:x}x{}", self.pid, self.region)
+    }
+
+    /// The first three octets of the region's addresses: `10.<base + region>.<pid>`, so regions of one
+    /// process, and of processes running side by side, do not share a subnet.
+    pub fn subnet(&self, base: u64) -> String {
+        format!("10.{}.{}", base + self.region % 50, self.pid % 250)
+    }
+}
+
+/// Whether `name` was made by a test process that is gone (so nothing owns it any more).
+pub fn left_by_dead_process(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    let Some(pid) = rest.split('x').next().and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { return false };
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs `args`, panicking with its stderr if it fails.
+pub fn run(args: &[&str]) {
+    let output = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(output.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs `args` and returns its stdout, or `None` if it could not run or failed.
+pub fn output(args: &[&str]) -> Option<String> {
+    let output = Command::new(args[0]).args(&args[1..]).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The nftables rule that resets about `percent` % of the TCP packets a node sends its peers; `not_to_clients`
+/// is the match that spares the packets to the clients (whose link or address differs by host kind).
+pub fn flaky_rule(not_to_clients: &str, percent: u32) -> String {
+    format!("{not_to_clients} meta l4proto tcp numgen random mod 100 < {percent} reject with tcp reset")
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
