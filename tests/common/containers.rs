@@ -7,10 +7,11 @@
 //! bind-mounted at the paths they have here, so a node in a container runs with exactly the arguments it
 //! would run with as a plain process — and a data dir on a lose-unsynced-writes filesystem stays one.
 //!
-//! Faults: `docker kill --signal KILL`, `docker pause` (the cgroup freezer: the whole node stops, as with
-//! SIGSTOP), and nftables rules in a container's network namespace (entered with `nsenter`) that drop its
-//! packets to and from its peers, or reset a share of its TCP packets to them. A container's namespace
-//! lives as long as the container runs, so a node restarted after a fault starts with a whole network.
+//! Faults: `docker rm --force` (SIGKILL, whatever state the container is in), `docker pause` (the cgroup
+//! freezer: the whole node stops, as with SIGSTOP), and nftables rules in a container's network namespace
+//! (entered with `nsenter`) that drop its packets to and from its peers, or reset a share of its TCP
+//! packets to them. A container's namespace lives as long as the container runs, so a node restarted
+//! after a fault starts with a whole network.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,14 +20,11 @@ use std::process::Stdio;
 use std::sync::Mutex;
 
 use super::hosts::Launch;
+use super::hosts::NFT_TABLE;
 use super::hosts::RegionTag;
 use super::hosts::flaky_rule;
-use super::hosts::left_by_dead_process;
 use super::hosts::output;
 use super::hosts::run;
-
-/// Our nftables table in a container's network namespace (Docker keeps its own there, which we leave be).
-const TABLE: &str = "inet fjord";
 
 /// One region's Docker network and containers; removed when dropped.
 pub struct Network {
@@ -42,10 +40,10 @@ pub struct Network {
 }
 
 impl Network {
-    /// Creates the region's network (removing what dead test runs left) and, if this machine lacks it, the
+    /// Creates the region's network (removing what earlier test runs left) and, if this machine lacks it, the
     /// image that runs `program`.
     pub fn create(region: RegionTag, ids: &[u64], program: &Path) -> Network {
-        remove_leftovers();
+        remove_leftovers(&region);
         let network = Network {
             tag: region.name(),
             subnet: region.subnet(200),
@@ -54,8 +52,7 @@ impl Network {
             faulted: Mutex::default(),
         };
         let subnet = format!("{}.0/24", network.subnet);
-        let gateway = format!("{}.254", network.subnet);
-        run(&["docker", "network", "create", "--subnet", &subnet, "--gateway", &gateway, &network.tag]);
+        run(&["docker", "network", "create", "--subnet", &subnet, "--gateway", &network.gateway(), &network.tag]);
         network
     }
 
@@ -64,36 +61,62 @@ impl Network {
         format!("{}.{id}", self.subnet)
     }
 
+    /// The host's address on the network: where the clients' packets come from.
+    fn gateway(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
     fn container(&self, id: u64) -> String {
         format!("{}n{id}", self.tag)
     }
 
-    /// A `docker run` that starts node `id` in a new container (the one from its last run removed first)
-    /// and stays attached to it: the command's stderr is the node's, and it exits when the node does.
+    /// Creates node `id`'s container (removing the one from its last run) and returns the `docker start`
+    /// that runs it attached: the command's stderr is the node's, and it exits when the node does. The
+    /// container exists before this returns, so [`Self::kill`] finds it whenever it comes.
     pub fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
         let container = self.container(id);
-        let _ = Command::new("docker").args(["rm", "--force", &container]).output();
-        let mut command = Command::new("docker");
-        command.args(["run", "--name", &container, "--network", &self.tag, "--ip", &self.address(id)]);
+        run(&["docker", "rm", "--force", &container]);
+        let mut create = vec!["docker", "create", "--name", &container, "--network", &self.tag];
+        let address = self.address(id);
         // The node's output reaches the attached client; Docker need not keep a copy.
-        command.args(["--log-driver", "none", "--attach", "stdout", "--attach", "stderr"]);
+        create.extend(["--ip", &address, "--log-driver", "none"]);
         let program = launch.program.display().to_string();
-        command.args(["--volume", &format!("{program}:{program}:ro"), "--entrypoint", &program]);
-        for path in &launch.paths {
-            let path = path.display();
-            command.args(["--volume", &format!("{path}:{path}")]);
+        let mut mounts = vec![format!("type=bind,source={program},target={program},readonly")];
+        // A bind mount (unlike `--volume`) refuses a source that is not there rather than making one.
+        mounts.extend(launch.paths.iter().map(|path| format!("type=bind,source={0},target={0}", path.display())));
+        for mount in &mounts {
+            create.extend(["--mount", mount]);
         }
-        for (key, value) in &launch.env {
-            command.args(["--env", &format!("{key}={value}")]);
+        let env: Vec<String> = launch.env.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        for variable in &env {
+            create.extend(["--env", variable]);
         }
-        command.arg(&self.image).args(&launch.args);
+        create.extend(["--entrypoint", &program, &self.image]);
+        create.extend(launch.args.iter().map(String::as_str));
+        run(&create);
+        let mut command = Command::new("docker");
+        command.args(["start", "--attach", &container]);
         command
     }
 
-    /// SIGKILL to node `id`'s process; its container stops (and its attached client exits).
+    /// Kills node `id` (SIGKILL to its processes) and removes its container, whatever state it is in:
+    /// created, running or paused. Its attached client exits.
     pub fn kill(&self, id: u64) {
-        let _ = Command::new("docker").args(["kill", "--signal", "KILL", &self.container(id)]).output();
-        self.faulted.lock().unwrap().remove(&id);
+        self.kill_all_of(&[id]);
+    }
+
+    /// Kills every node at once, as [`Self::kill`] does one.
+    pub fn kill_all(&self) {
+        self.kill_all_of(&self.ids);
+    }
+
+    fn kill_all_of(&self, ids: &[u64]) {
+        let containers: Vec<String> = ids.iter().map(|id| self.container(*id)).collect();
+        let mut remove = vec!["docker", "rm", "--force"];
+        remove.extend(containers.iter().map(String::as_str));
+        run(&remove);
+        // Their network namespaces went with them, and our rules in those.
+        self.faulted.lock().unwrap().retain(|id| !ids.contains(id));
     }
 
     /// Freezes every process of node `id`'s container, or thaws them.
@@ -105,6 +128,9 @@ impl Network {
     /// theirs to it are dropped, so connections between them hang until they time out.
     pub fn isolate(&self, id: u64) {
         let peers: Vec<String> = self.ids.iter().filter(|peer| **peer != id).map(|peer| self.address(*peer)).collect();
+        if peers.is_empty() {
+            return;
+        }
         let peers = peers.join(", ");
         self.add_rules(
             id,
@@ -114,17 +140,20 @@ impl Network {
 
     /// Makes node `id`'s connections to its peers reset about `percent` % of the TCP packets it sends them.
     pub fn make_flaky(&self, id: u64, percent: u32) {
-        let rule = flaky_rule(&format!("ip daddr != {}.254", self.subnet), percent);
+        let rule = flaky_rule(&format!("ip daddr != {}", self.gateway()), percent);
         self.add_rules(id, &[format!("output {rule}")]);
     }
 
-    /// Every rule of ours gone from every node's network namespace.
+    /// Every rule of ours gone from every node's network namespace. A node is forgotten only once its
+    /// rules are gone, or its container (and with it the namespace) is.
     pub fn heal(&self) {
-        let faulted: Vec<u64> = std::mem::take(&mut *self.faulted.lock().unwrap()).into_iter().collect();
+        let faulted: Vec<u64> = self.faulted.lock().unwrap().iter().copied().collect();
         for id in faulted {
             if let Some(pid) = self.running_pid(id) {
-                nft(pid, &format!("delete table {TABLE}"));
+                // Adding first makes the delete succeed whether or not the table is there.
+                nft(pid, &format!("add table {NFT_TABLE}\ndelete table {NFT_TABLE}\n"));
             }
+            self.faulted.lock().unwrap().remove(&id);
         }
     }
 
@@ -132,11 +161,11 @@ impl Network {
     fn add_rules(&self, id: u64, rules: &[String]) {
         let pid = self.running_pid(id).unwrap_or_else(|| panic!("node {id}'s container is not running"));
         let mut script = format!(
-            "add table {TABLE}\nadd chain {TABLE} input {{ type filter hook input priority 0 ; }}\n\
-             add chain {TABLE} output {{ type filter hook output priority 0 ; }}\n"
+            "add table {NFT_TABLE}\nadd chain {NFT_TABLE} input {{ type filter hook input priority 0 ; }}\n\
+             add chain {NFT_TABLE} output {{ type filter hook output priority 0 ; }}\n"
         );
         for rule in rules {
-            script.push_str(&format!("add rule {TABLE} {rule}\n"));
+            script.push_str(&format!("add rule {NFT_TABLE} {rule}\n"));
         }
         nft(pid, &script);
         self.faulted.lock().unwrap().insert(id);
@@ -173,14 +202,14 @@ fn nft(pid: u32, script: &str) {
 }
 
 /// Removes the containers and networks of test processes that are gone.
-fn remove_leftovers() {
+fn remove_leftovers(region: &RegionTag) {
     let containers = output(&["docker", "ps", "--all", "--format", "{{.Names}}"]).unwrap_or_default();
-    let dead: Vec<&str> = containers.lines().filter(|name| left_by_dead_process(name)).collect();
+    let dead: Vec<&str> = containers.lines().filter(|name| region.is_leftover(name)).collect();
     if !dead.is_empty() {
         let _ = Command::new("docker").args(["rm", "--force"]).args(&dead).output();
     }
     let networks = output(&["docker", "network", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
-    for name in networks.lines().filter(|name| left_by_dead_process(name)) {
+    for name in networks.lines().filter(|name| region.is_leftover(name)) {
         let _ = Command::new("docker").args(["network", "rm", name]).output();
     }
 }

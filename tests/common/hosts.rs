@@ -7,10 +7,12 @@
 //!
 //! `FJORD_TEST_HOSTS=containers` or `=namespaces` picks one explicitly.
 //!
-//! Everything either kind creates is named `fj<pid in hex>x<region>…` after the test process, so what a
-//! killed test run left behind can be told apart from what a live one owns, and removed.
+//! The namespaces, links, networks and containers either kind creates are named `fj<pid in hex>x<region>…`
+//! after the test process, so what a killed test run left behind can be told apart from what a live one
+//! owns, and removed.
 
 use std::path::Path;
+use std::process::Child;
 use std::process::Command;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -18,21 +20,28 @@ use std::sync::atomic::Ordering;
 use super::containers;
 use super::netns;
 
-/// Name prefix of everything the host kinds create.
+/// Name prefix of the namespaces, links, networks and containers the host kinds create.
 const PREFIX: &str = "fj";
+/// Our nftables table in a node's network namespace (Docker keeps tables of its own there; we leave them be).
+pub const NFT_TABLE: &str = "inet fjord";
 /// The port every node listens on (each has an address of its own).
 pub const NODE_PORT: u16 = 7000;
 
 /// A region's hosts: where its nodes run, and the network between them.
 pub enum Hosts {
+    /// A Docker container per node.
     Containers(containers::Network),
+    /// A network namespace per node.
     Namespaces(netns::Network),
 }
 
 /// How to start one node: the same program, arguments, environment and files, whatever host it runs on.
 pub struct Launch<'a> {
+    /// The `fjord` binary.
     pub program: &'a Path,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Its environment, besides what it inherits (a container inherits nothing).
     pub env: Vec<(String, String)>,
     /// Paths the node reads or writes (its data dir, its config): a container sees them at the same path.
     pub paths: Vec<&'a Path>,
@@ -65,6 +74,14 @@ impl Hosts {
         }
     }
 
+    /// What the hosts are, for a person reading a run's summary.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hosts::Containers(_) => "Docker containers",
+            Hosts::Namespaces(_) => "network namespaces",
+        }
+    }
+
     /// Node `id`'s address.
     pub fn address(&self, id: u64) -> String {
         match self {
@@ -81,27 +98,30 @@ impl Hosts {
         }
     }
 
-    /// Kills node `id` with SIGKILL, when the process the test spawned is not the node itself (a
-    /// container's is the `docker` client); `false` when killing that process kills the node.
-    pub fn kill(&self, id: u64) -> bool {
+    /// Kills node `id`, whose process the test spawned as `child`, with SIGKILL, and reaps `child`.
+    pub fn kill(&self, id: u64, child: &mut Child) {
         match self {
             Hosts::Containers(network) => {
                 network.kill(id);
-                true
+                child.wait().unwrap();
             }
-            Hosts::Namespaces(_) => false,
+            Hosts::Namespaces(_) => kill_process(child),
         }
     }
 
-    /// Freezes node `id` (or thaws it), when the process the test spawned is not the node itself; `false`
-    /// when signalling that process pauses the node.
-    pub fn pause(&self, id: u64, pause: bool) -> bool {
+    /// Kills every node at once, where one at a time would leave the last running for long (a container
+    /// takes a round trip to the engine); [`Self::kill`] then only reaps each. Namespaces need nothing here.
+    pub fn kill_all(&self) {
+        if let Hosts::Containers(network) = self {
+            network.kill_all();
+        }
+    }
+
+    /// Freezes node `id`, whose process the test spawned as `child` (or thaws it).
+    pub fn pause(&self, id: u64, child: &Child, pause: bool) {
         match self {
-            Hosts::Containers(network) => {
-                network.pause(id, pause);
-                true
-            }
-            Hosts::Namespaces(_) => false,
+            Hosts::Containers(network) => network.pause(id, pause),
+            Hosts::Namespaces(_) => pause_process(child, pause),
         }
     }
 
@@ -147,18 +167,34 @@ impl RegionTag {
         format!("{PREFIX}{:x}x{}", self.pid, self.region)
     }
 
-    /// The first three octets of the region's addresses: `10.<base + region>.<pid>`, so regions of one
-    /// process, and of processes running side by side, do not share a subnet.
+    /// The first three octets of the region's addresses: `10.<base + region % 50>.<pid % 250>`, so the
+    /// regions of one process do not share a subnet, nor do those of processes whose pids differ mod 250.
     pub fn subnet(&self, base: u64) -> String {
         format!("10.{}.{}", base + self.region % 50, self.pid % 250)
     }
+
+    /// Whether `name` is to be removed before this region's hosts are made: made by a test process that is
+    /// gone, or carrying this region's own name (left by an earlier process that had our pid).
+    pub fn is_leftover(&self, name: &str) -> bool {
+        let own = self.name();
+        if name == own || name.strip_prefix(&own).is_some_and(|rest| rest.starts_with('n')) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+        let Some(pid) = rest.split('x').next().and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { return false };
+        !Path::new(&format!("/proc/{pid}")).exists()
+    }
 }
 
-/// Whether `name` was made by a test process that is gone (so nothing owns it any more).
-pub fn left_by_dead_process(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
-    let Some(pid) = rest.split('x').next().and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { return false };
-    !Path::new(&format!("/proc/{pid}")).exists()
+/// SIGKILL to `child`, and reaps it.
+pub fn kill_process(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// SIGSTOP (`pause: true`) or SIGCONT to `child`.
+pub fn pause_process(child: &Child, pause: bool) {
+    run(&["kill", if pause { "-STOP" } else { "-CONT" }, &child.id().to_string()]);
 }
 
 /// Runs `args`, panicking with its stderr if it fails.

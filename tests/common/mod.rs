@@ -1,5 +1,6 @@
-//! A region of real `fjord server` processes on loopback, for the integration tests: start, kill with
-//! SIGKILL, restart from their data, and talk to them with real gRPC clients.
+//! A region of real `fjord server` processes — on loopback, or each on a host of its own ([`hosts`]) — for
+//! the integration tests: start, kill with SIGKILL, restart from their data, and talk to them with real
+//! gRPC clients.
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
@@ -48,8 +49,12 @@ impl TestNode {
         // Appended to, so a node's log keeps every run of it across restarts.
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
-        let mut env = vec![("FJORD_LOG".to_owned(), "warn".to_owned())];
-        env.extend(self.env.iter().cloned());
+        let mut env = self.env.clone();
+        if !env.iter().any(|(key, _)| key == "FJORD_LOG") {
+            env.push(("FJORD_LOG".to_owned(), "warn".to_owned()));
+        }
+        // A container mounts the data dir, which must be there first.
+        std::fs::create_dir_all(&self.data_dir).unwrap();
         let launch = hosts::Launch {
             program: fjord_program(),
             args: [
@@ -76,24 +81,22 @@ impl TestNode {
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let killed_on_host = self.network.as_ref().is_some_and(|hosts| hosts.kill(self.id));
-            if !killed_on_host {
-                child.kill().unwrap();
+            match &self.network {
+                Some(hosts) => hosts.kill(self.id, &mut child),
+                None => hosts::kill_process(&mut child),
             }
-            child.wait().unwrap();
         }
     }
 
-    /// SIGSTOP (`pause: true`) or SIGCONT: the process keeps its state and sockets but does nothing, as a
-    /// node stalled by a long GC pause, a hung disk or an overloaded host does.
+    /// Pauses the node (`pause: true`) or lets it go on: SIGSTOP and SIGCONT, or a container's freezer. It
+    /// keeps its state and sockets but does nothing, as a node stalled by a long GC pause, a hung disk or
+    /// an overloaded host does.
     pub fn signal_pause(&self, pause: bool) {
         let child = self.child.as_ref().expect("the node is not running");
-        if self.network.as_ref().is_some_and(|hosts| hosts.pause(self.id, pause)) {
-            return;
+        match &self.network {
+            Some(hosts) => hosts.pause(self.id, child, pause),
+            None => hosts::pause_process(child, pause),
         }
-        let signal = if pause { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill {signal} failed");
     }
 
     /// Starts the node again from its data.
@@ -256,6 +259,9 @@ impl TestRegion {
     /// start again. Only for regions started on lazy filesystems.
     pub fn power_loss(&mut self) {
         assert!(!self.disks.is_empty(), "a power loss needs a region on lazy filesystems");
+        if let Some(hosts) = &self.network {
+            hosts.kill_all();
+        }
         for node in &mut self.nodes {
             node.kill();
         }

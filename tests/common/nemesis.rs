@@ -89,17 +89,17 @@ pub async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut Schedu
     let outage = schedule.pause(300, 1200);
     match fault {
         Fault::KillLeader => {
-            region.node(leader).kill();
+            blocking(|| region.node(leader).kill());
             tokio::time::sleep(outage).await;
-            region.node(leader).restart();
+            blocking(|| region.node(leader).restart());
         }
         Fault::PauseLeader => {
-            region.node(leader).signal_pause(true);
+            blocking(|| region.node(leader).signal_pause(true));
             tokio::time::sleep(outage).await;
-            region.node(leader).signal_pause(false);
+            blocking(|| region.node(leader).signal_pause(false));
         }
         Fault::PowerLoss => {
-            region.power_loss();
+            blocking(|| region.power_loss());
         }
         Fault::FullDisk => {
             let followers: Vec<u64> = region.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
@@ -107,24 +107,30 @@ pub async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut Schedu
             region.disks[&follower].set_full(true);
             tokio::time::sleep(outage).await;
             region.disks[&follower].set_full(false);
-            region.node(follower).kill();
-            region.node(follower).restart();
+            blocking(|| {
+                region.node(follower).kill();
+                region.node(follower).restart();
+            });
         }
         Fault::IsolateNode | Fault::IsolateLeader | Fault::FlakyLink => {
             let network = region.network.clone().expect("network faults need a region on hosts of its own");
-            match fault {
-                Fault::IsolateNode => {
-                    network.isolate(region.nodes[schedule.next(region.nodes.len() as u64) as usize].id)
-                }
-                Fault::IsolateLeader => network.isolate(leader),
-                _ => network.make_flaky(region.nodes[schedule.next(region.nodes.len() as u64) as usize].id, 20),
-            }
+            let id = match fault {
+                Fault::IsolateLeader => leader,
+                _ => region.nodes[schedule.next(region.nodes.len() as u64) as usize].id,
+            };
+            blocking(|| if fault == Fault::FlakyLink { network.make_flaky(id, 20) } else { network.isolate(id) });
             // Long enough, at times, for the majority side to elect a leader of its own.
             tokio::time::sleep(outage + schedule.pause(0, 1500)).await;
-            network.heal();
+            blocking(|| network.heal());
         }
     }
     region.wait_for_leaders().await;
+}
+
+/// Runs `work` — processes started, killed or signalled, `docker` or `nft` run — off the async workers, so
+/// the clients on them go on meanwhile (the runtime has two).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
 }
 
 /// What a run did and what the checker found.
@@ -178,8 +184,9 @@ pub async fn judge(region: &TestRegion, history: &History, faults: &BTreeMap<Fau
     let cycles: u64 = faults.values().sum();
     let injected = faults.iter().map(|(fault, n)| format!("{n} {fault:?}")).collect::<Vec<_>>().join(", ");
     let dropped: u64 = region.disks.values().map(|disk| disk.stats().bytes_dropped).sum();
+    let hosts = region.network.as_ref().map_or("processes on loopback", |hosts| hosts.kind());
     let mut summary = format!(
-        "faults: {cycles} cycles (seed {seed}): {injected}; unsynced bytes lost to power losses: {dropped}; \
+        "faults: {cycles} cycles (seed {seed}) on {hosts}: {injected}; unsynced bytes lost to power losses: {dropped}; \
          appends: {acknowledged} acknowledged, {failed} failed, {unknown} unknown; {} linearizable reads; \
          {} violations",
         history.reads(),

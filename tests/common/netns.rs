@@ -12,12 +12,12 @@
 //! Needs root and iproute2 and nftables. Namespaces and links are named after the test process, and any
 //! left by a process that died are removed before new ones are made.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::process::Command;
 
+use super::hosts::NFT_TABLE;
 use super::hosts::RegionTag;
 use super::hosts::flaky_rule;
-use super::hosts::left_by_dead_process;
 use super::hosts::output;
 use super::hosts::run;
 
@@ -29,7 +29,7 @@ pub struct Network {
     subnet: String,
     ids: Vec<u64>,
     /// Links between `(a, b)` (a < b) that are down now.
-    cut: std::sync::Mutex<BTreeMap<(u64, u64), ()>>,
+    cut: std::sync::Mutex<BTreeSet<(u64, u64)>>,
 }
 
 fn run_in(namespace: &str, args: &[&str]) {
@@ -39,10 +39,10 @@ fn run_in(namespace: &str, args: &[&str]) {
 }
 
 /// Removes the namespaces (and with them their links) of test processes that are gone.
-fn remove_leftovers() {
+fn remove_leftovers(region: &RegionTag) {
     let Some(namespaces) = output(&["ip", "netns", "list"]) else { return };
     for name in namespaces.lines().filter_map(|line| line.split_whitespace().next()) {
-        if left_by_dead_process(name) {
+        if region.is_leftover(name) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
@@ -51,7 +51,7 @@ fn remove_leftovers() {
 impl Network {
     /// Creates a host per id in `ids`, each reachable from here and from every other at [`Self::address`].
     pub fn create(region: RegionTag, ids: &[u64]) -> Network {
-        remove_leftovers();
+        remove_leftovers(&region);
         let network =
             Network { tag: region.name(), subnet: region.subnet(100), ids: ids.to_vec(), cut: Default::default() };
         let client = network.client_address();
@@ -84,10 +84,10 @@ impl Network {
         }
         for &id in ids {
             let namespace = network.namespace(id);
-            run_in(&namespace, &["nft", "add", "table", "inet", "fjord"]);
+            run_in(&namespace, &["nft", &format!("add table {NFT_TABLE}")]);
             run_in(
                 &namespace,
-                &["nft", "add", "chain", "inet", "fjord", "output", "{ type filter hook output priority 0 ; }"],
+                &["nft", &format!("add chain {NFT_TABLE} output {{ type filter hook output priority 0 ; }}")],
             );
         }
         network
@@ -135,7 +135,7 @@ impl Network {
                     .status();
             }
         } else {
-            cut.insert((a, b), ());
+            cut.insert((a, b));
         }
     }
 
@@ -149,17 +149,17 @@ impl Network {
     /// Makes node `id`'s links to its peers reset about `percent` % of the TCP packets it sends them.
     pub fn make_flaky(&self, id: u64, percent: u32) {
         let rule = flaky_rule(&format!("oifname != \"{}\"", self.link(id, 0)), percent);
-        run_in(&self.namespace(id), &["nft", "add", "rule", "inet", "fjord", "output", &rule]);
+        run_in(&self.namespace(id), &["nft", &format!("add rule {NFT_TABLE} output {rule}")]);
     }
 
     /// Every link up and every flaky rule gone.
     pub fn heal(&self) {
-        let cut: Vec<(u64, u64)> = self.cut.lock().unwrap().keys().copied().collect();
+        let cut: Vec<(u64, u64)> = self.cut.lock().unwrap().iter().copied().collect();
         for (a, b) in cut {
             self.set_link(a, b, true);
         }
         for &id in &self.ids {
-            run_in(&self.namespace(id), &["nft", "flush", "chain", "inet", "fjord", "output"]);
+            run_in(&self.namespace(id), &["nft", &format!("flush chain {NFT_TABLE} output")]);
         }
     }
 }
