@@ -170,14 +170,18 @@ impl StatusArgs {
                 .partitions
                 .iter()
                 .map(|p| json!({"partition": p.partition, "leader": p.leader, "term": p.term, "role": p.role,
-                    "last_log_index": p.last_log_index, "applied_index": p.applied_index, "applied_offset": p.applied_offset}))
+                    "last_log_index": p.last_log_index, "applied_index": p.applied_index, "applied_offset": p.applied_offset,
+                    "tail_epoch": p.tail_epoch, "sealed_offset": p.sealed_offset,
+                    "sealed_chain_checksum": format!("{:08x}", p.sealed_chain_checksum)}))
                 .collect();
-            let line = json!({"node_id": status.node_id, "region": status.region, "members": members, "partitions": partitions,
+            let line = json!({"node_id": status.node_id, "region": status.region, "cluster_id": status.cluster_id,
+                "members": members, "partitions": partitions,
                 "wal_syncs": status.wal_syncs, "wal_synced_log_appends": status.wal_synced_log_appends});
             writeln!(out, "{line}")?;
             return Ok(());
         }
-        writeln!(out, "node {} of region {}", status.node_id, status.region)?;
+        let cluster = if status.cluster_id.is_empty() { "(not known yet)" } else { status.cluster_id.as_str() };
+        writeln!(out, "node {} of region {}, cluster {cluster}", status.node_id, status.region)?;
         for member in &status.members {
             writeln!(
                 out,
@@ -189,14 +193,23 @@ impl StatusArgs {
         }
         writeln!(
             out,
-            "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}",
-            "partition", "leader", "term", "role", "log", "applied", "events"
+            "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}  {:>5}  {:>10}  {:>8}",
+            "partition", "leader", "term", "role", "log", "applied", "events", "epoch", "sealed", "chain"
         )?;
         for p in &status.partitions {
             writeln!(
                 out,
-                "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}",
-                p.partition, p.leader, p.term, p.role, p.last_log_index, p.applied_index, p.applied_offset
+                "{:>9}  {:>6}  {:>5}  {:<9}  {:>9}  {:>9}  {:>10}  {:>5}  {:>10}  {:08x}",
+                p.partition,
+                p.leader,
+                p.term,
+                p.role,
+                p.last_log_index,
+                p.applied_index,
+                p.applied_offset,
+                p.tail_epoch,
+                p.sealed_offset,
+                p.sealed_chain_checksum
             )?;
         }
         writeln!(

@@ -1,5 +1,5 @@
-//! One Fjord node: storage, the partition groups, and the gRPC server that carries the public services,
-//! the Raft transport, health and reflection on one address.
+//! One Fjord node: storage, the partition groups, and the gRPC server that carries the Raft transport,
+//! health, reflection and every service registered with the [`NodeBuilder`], on one address.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,24 +9,24 @@ use std::sync::Arc;
 use anyhow::Context;
 use fjord_log::Limits;
 use fjord_log::StoreOptions;
+use fjord_log::sealed::SealPolicy;
 use fjord_proto::v1::cluster_server::ClusterServer;
 use fjord_proto::v1::event_store_server::EventStoreServer;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransportServer;
 use fjord_raft::NodeId;
 use fjord_raft::NodeStorage;
-use fjord_raft::RegionIdentity;
 use fjord_raft::groups::Groups;
 use fjord_raft::groups::GroupsConfig;
 use fjord_raft::network::MAX_MESSAGE_BYTES;
 use fjord_raft::network::PeerChannels;
-use fjord_raft::network::RaftTransportService;
-use openraft::BasicNode;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
 
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// How the log store is opened (partition count, cache).
     pub store: StoreOptions,
+    /// Where sealed segments are cut.
+    pub segments: SealPolicy,
     /// Limits every append is validated against.
     pub limits: Limits,
     /// Raft timing and group commit.
@@ -63,10 +65,140 @@ impl Default for NodeConfig {
             initial_members: BTreeMap::new(),
             data_dir: PathBuf::from("data"),
             store: StoreOptions::default(),
+            segments: SealPolicy::default(),
             limits: Limits::default(),
             groups: GroupsConfig::default(),
         }
     }
+}
+
+/// What a part of the node registered with [`NodeBuilder::service`] builds its gRPC services from.
+pub struct NodeContext {
+    /// The node's configuration.
+    pub config: NodeConfig,
+    /// The node's partition groups (and through them its storage).
+    pub groups: Arc<Groups>,
+    /// Finds partition leaders and channels to them, for requests this node must forward.
+    pub router: Router,
+    /// Reports which services are ready, on `grpc.health.v1`.
+    pub health: HealthReporter,
+}
+
+/// A part of the node that serves gRPC (the public API, queries, subscriptions, edge serving). Parts
+/// register with a [`NodeBuilder`], so a new one plugs in without editing the node's start-up.
+pub trait NodeService: Send {
+    /// Adds this part's gRPC services to `routes`, built from `node`.
+    fn register(self: Box<Self>, node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()>;
+}
+
+impl<F> NodeService for F
+where
+    F: FnOnce(&NodeContext, &mut RoutesBuilder) -> anyhow::Result<()> + Send,
+{
+    fn register(self: Box<Self>, node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()> {
+        self(node, routes)
+    }
+}
+
+/// Assembles a node: storage, the partition groups, the Raft transport, health and reflection, and every
+/// registered [`NodeService`], served on one address.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    services: Vec<Box<dyn NodeService>>,
+}
+
+impl NodeBuilder {
+    /// A node of `config` with no public services yet.
+    pub fn new(config: NodeConfig) -> Self {
+        NodeBuilder { config, services: Vec::new() }
+    }
+
+    /// Registers a part of the node that serves gRPC.
+    pub fn service(mut self, service: impl NodeService + 'static) -> Self {
+        self.services.push(Box::new(service));
+        self
+    }
+
+    /// Opens the node's storage, starts its groups and serves gRPC. A node whose id is the lowest of
+    /// `initial_members` bootstraps the groups that have no state yet; a restarted node rejoins from its data.
+    pub async fn start(self) -> anyhow::Result<Node> {
+        let config = self.config;
+        anyhow::ensure!(config.node_id > 0, "node_id must be at least 1");
+        config.limits.check().map_err(|e| anyhow::anyhow!("limits: {e}"))?;
+        let (data_dir, store, seal) = (config.data_dir.clone(), config.store.clone(), config.segments.clone());
+        let region = config.region.clone();
+        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, &region, seal))
+            .await?
+            .with_context(|| format!("opening the node's storage in {}", config.data_dir.display()))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let peers = Arc::new(PeerChannels::default());
+        let groups =
+            Groups::start(config.node_id, Arc::new(storage), peers.clone(), config.limits.clone(), &config.groups)
+                .await?;
+        let groups = Arc::new(groups);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let context =
+            NodeContext { config, groups: groups.clone(), router: Router::new(groups.clone(), peers), health };
+
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(
+            RaftTransportServer::new(groups.transport_service())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
+        // describing our services and the health service.
+        let described = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        routes
+            .add_service(health_service)
+            .add_service(described().build_v1()?)
+            .add_service(described().build_v1alpha()?);
+        for service in self.services {
+            service.register(&context, &mut routes)?;
+        }
+        // Replies are small and latency-bound: no Nagle delay (the builder's own nodelay setting does not
+        // reach a listener we bound ourselves), and keepalives find dead peers.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(10)));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server =
+            tokio::spawn(tonic::transport::Server::builder().add_routes(routes.routes()).serve_with_incoming_shutdown(
+                incoming,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+
+        let config = &context.config;
+        let lowest = config.initial_members.keys().next().copied();
+        if lowest == Some(config.node_id) {
+            groups.bootstrap(config.initial_members.clone()).await?;
+        }
+        tracing::info!(node = config.node_id, %address, region = %config.region, "node serving");
+        Ok(Node { address, groups, stop: Some(stop), server })
+    }
+}
+
+/// The public API every node serves: `EventStore` and `Cluster`.
+pub fn public_api(node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()> {
+    let store = node.groups.log_store().clone();
+    let region = node.config.region.clone();
+    routes.add_service(
+        EventStoreServer::new(EventStoreService::new(node.router.clone(), store, region.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    routes.add_service(ClusterServer::new(ClusterService::new(node.router.clone(), region)));
+    let health = node.health.clone();
+    tokio::spawn(async move { health.set_serving::<EventStoreServer<EventStoreService>>().await });
+    Ok(())
 }
 
 /// A running node.
@@ -78,72 +210,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the node's storage, starts its groups and serves gRPC. A node whose id is the lowest of
-    /// `initial_members` bootstraps the groups that have no state yet; a restarted node rejoins from its data.
+    /// Starts a node of `config` serving the public API ([`public_api`]); see [`NodeBuilder::start`].
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Node> {
-        anyhow::ensure!(config.node_id > 0, "node_id must be at least 1");
-        config.limits.check().map_err(|e| anyhow::anyhow!("limits: {e}"))?;
-        let identity = RegionIdentity { cluster_id: uuid::Uuid::nil(), region: config.region.clone() };
-        let (data_dir, store) = (config.data_dir.clone(), config.store.clone());
-        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, identity))
-            .await?
-            .with_context(|| format!("opening the node's storage in {}", config.data_dir.display()))?;
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
-        let address = listener.local_addr()?;
-        let peers = Arc::new(PeerChannels::default());
-        let groups =
-            Groups::start(config.node_id, Arc::new(storage), peers.clone(), config.limits.clone(), &config.groups)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        let groups = Arc::new(groups);
-        let router = Router::new(groups.clone(), peers);
-        let store = groups.log_store().clone();
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<EventStoreServer<EventStoreService>>().await;
-        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
-        // describing our services and the health service.
-        let described = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection = described().build_v1()?;
-        let reflection_v1alpha = described().build_v1alpha()?;
-        let raft_transport = RaftTransportServer::new(RaftTransportService::new(groups.rafts().clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let event_store = EventStoreServer::new(EventStoreService::new(router.clone(), store, config.region.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let cluster = ClusterServer::new(ClusterService::new(router, config.region.clone()));
-        // Replies are small and latency-bound: no Nagle delay (the builder's own nodelay setting does not
-        // reach a listener we bound ourselves), and keepalives find dead peers.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(10)));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(raft_transport)
-                .add_service(event_store)
-                .add_service(cluster)
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
-        );
-
-        let lowest = config.initial_members.keys().next().copied();
-        if lowest == Some(config.node_id) {
-            let members = config.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-            groups.bootstrap(members).await.map_err(anyhow::Error::msg)?;
-        }
-        tracing::info!(node = config.node_id, %address, region = %config.region, "node serving");
-        Ok(Node { address, groups, stop: Some(stop), server })
+        NodeBuilder::new(config.clone()).service(public_api).start().await
     }
 
     /// The address the node serves on.

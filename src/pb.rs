@@ -7,8 +7,10 @@ use fjord_log::AppendOutcome;
 use fjord_log::AppendRequest;
 use fjord_log::ExpectedRevision;
 use fjord_log::ProposedEvent;
+use fjord_log::ReadBarrierError;
 use fjord_log::RecordedEvent;
 use fjord_log::Rejection;
+use fjord_log::StatusKind;
 use fjord_proto::v1;
 use fjord_proto::v1::expected_revision::Kind;
 use fjord_raft::groups::GroupError;
@@ -104,46 +106,42 @@ pub fn recorded_event(event: RecordedEvent, partition: u32) -> v1::RecordedEvent
     }
 }
 
-/// The status for a failed append or read through the groups.
-pub fn group_error(error: GroupError) -> Status {
-    match error {
-        GroupError::Invalid(invalid) => status(Code::InvalidArgument, "INVALID_ARGUMENT", invalid.to_string()),
-        GroupError::Rejected(rejection) => rejection_status(&rejection),
-        GroupError::NotLeader { group, .. } => status(
-            Code::Unavailable,
-            "LEADER_CHANGED",
-            format!("the leader of partition {group} changed while the request was in flight; retry"),
-        ),
-        GroupError::Unavailable { detail, .. } => status(Code::Unavailable, "UNAVAILABLE", detail),
-        GroupError::Refused { .. } => status(Code::FailedPrecondition, "FAILED_PRECONDITION", error.to_string()),
+/// The gRPC code of a kind of failure: the one place kinds become codes.
+fn code_of(kind: StatusKind) -> Code {
+    match kind {
+        StatusKind::InvalidArgument => Code::InvalidArgument,
+        StatusKind::FailedPrecondition => Code::FailedPrecondition,
+        StatusKind::AlreadyExists => Code::AlreadyExists,
+        StatusKind::NotFound => Code::NotFound,
+        StatusKind::Unavailable => Code::Unavailable,
+        StatusKind::DataLoss => Code::DataLoss,
+        StatusKind::Internal => Code::Internal,
     }
 }
 
-/// The status for a deterministic rejection.
-pub fn rejection_status(rejection: &Rejection) -> Status {
-    let message = rejection.to_string();
-    match rejection {
-        Rejection::WrongExpectedRevision { current, .. } => {
-            let mut status = status(Code::FailedPrecondition, "WRONG_EXPECTED_REVISION", message);
-            if let Some(current) = current {
-                status.metadata_mut().insert(CURRENT_REVISION_KEY, MetadataValue::from(*current));
-            }
-            status
-        }
-        Rejection::EventIdReused { .. } => status(Code::AlreadyExists, "EVENT_ID_REUSED", message),
-        Rejection::PartialRetry { .. } => status(Code::AlreadyExists, "PARTIAL_RETRY", message),
-        Rejection::RetryOutOfOrder { .. } => status(Code::AlreadyExists, "RETRY_OUT_OF_ORDER", message),
-        Rejection::WrongPartition { .. } => status(Code::Internal, "WRONG_PARTITION", message),
+/// The status for a failed append or read through the groups.
+pub fn group_error(error: GroupError) -> Status {
+    match error {
+        GroupError::Rejected(rejection) => rejection_status(&rejection),
+        error => status(code_of(error.status_kind()), error.reason(), error.to_string()),
     }
+}
+
+/// The status for a linearizable read this node cannot serve now.
+pub fn barrier_error(error: ReadBarrierError) -> Status {
+    status(code_of(error.status_kind()), error.reason(), error.to_string())
+}
+
+/// The status for a deterministic rejection; a wrong expected revision carries the stream's current one.
+pub fn rejection_status(rejection: &Rejection) -> Status {
+    let mut status = status(code_of(rejection.status_kind()), rejection.reason(), rejection.to_string());
+    if let Rejection::WrongExpectedRevision { current: Some(current), .. } = rejection {
+        status.metadata_mut().insert(CURRENT_REVISION_KEY, MetadataValue::from(*current));
+    }
+    status
 }
 
 /// The status for a storage failure while reading.
 pub fn log_error(error: fjord_log::Error) -> Status {
-    let code = match &error {
-        fjord_log::Error::Corrupt { .. } | fjord_log::Error::Segment(_) => Code::DataLoss,
-        fjord_log::Error::Invalid(_) => Code::InvalidArgument,
-        fjord_log::Error::NoSuchPartition { .. } => Code::NotFound,
-        _ => Code::Internal,
-    };
-    status(code, error.reason(), error.to_string())
+    status(code_of(error.status_kind()), error.reason(), error.to_string())
 }

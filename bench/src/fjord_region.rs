@@ -1,14 +1,13 @@
 //! A Fjord region of real `fjord server` processes on loopback, started by the bench for one measurement
-//! and killed when dropped. Writers reach it as any client does: writer `w` keeps one connection to node
-//! `w mod n`, which forwards to the partition's leader when it does not lead the writer's stream.
+//! (with the workspace's one launcher, [`fjord_bench::launcher`]) and killed when dropped. Writers reach it
+//! as any client does: writer `w` keeps one connection to node `w mod n`, which forwards to the partition's
+//! leader when it does not lead the writer's stream.
 
 use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
-use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::Context;
+use fjord_bench::launcher;
+use fjord_bench::launcher::RegionSpec;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
@@ -21,7 +20,8 @@ use crate::target::TargetArgs;
 pub(crate) struct FjordRegion {
     children: Vec<Child>,
     channels: Vec<Channel>,
-    data: TempDir,
+    /// The nodes' data, removed when the region is dropped (after its processes are killed).
+    _data: TempDir,
 }
 
 impl Drop for FjordRegion {
@@ -33,48 +33,27 @@ impl Drop for FjordRegion {
     }
 }
 
-fn free_address() -> anyhow::Result<String> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
-}
-
 impl FjordRegion {
     /// Starts the region `args` describe with `partitions` partitions, data in a fresh directory under
     /// `args.dir`, and waits until every partition has a leader.
     pub(crate) async fn start(args: &TargetArgs, partitions: u32) -> anyhow::Result<Self> {
-        let (fjord, nodes) = (&args.fjord, args.nodes);
         let data = tempfile::tempdir_in(&args.dir)?;
-        let addresses = (0..nodes).map(|_| free_address()).collect::<anyhow::Result<Vec<_>>>()?;
-        let peers = addresses.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-        let mut region = FjordRegion { children: Vec::new(), channels: Vec::new(), data };
-        for (i, address) in addresses.iter().enumerate() {
-            let mut command = Command::new(fjord);
-            if let Some(config) = &args.fjord_config {
-                command.arg("--config").arg(config);
-            }
-            let child = command
-                .args(["server", "--node-id", &(i + 1).to_string(), "--listen", address, "--peers", &peers])
-                .args(["--partitions", &partitions.to_string()])
-                .arg("--data-dir")
-                .arg(region.data.path().join(format!("node-{}", i + 1)))
-                .env("FJORD_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(region.data.path().join(format!("node-{}.log", i + 1)))?)
-                .spawn()
-                .with_context(|| format!("starting {}", fjord.display()))?;
+        let ids: Vec<u64> = (1..=args.nodes).collect();
+        let spec =
+            RegionSpec { partitions, dir: data.path().to_owned(), config: args.fjord_config.clone(), region: None };
+        let nodes = spec.nodes(&launcher::loopback_addresses(&ids));
+        let env = [("FJORD_LOG".to_owned(), "error".to_owned())];
+        let mut region = FjordRegion { children: Vec::new(), channels: Vec::new(), _data: data };
+        for node in &nodes {
+            let child = node
+                .spawn(|| node.command(&args.fjord, &env))
+                .with_context(|| format!("starting {}", args.fjord.display()))?;
             region.children.push(child);
-            region.channels.push(Channel::from_shared(format!("http://{address}"))?.connect_lazy());
+            region.channels.push(Channel::from_shared(format!("http://{}", node.address))?.connect_lazy());
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while region.leaders().await.unwrap_or(0) < partitions as usize {
-            anyhow::ensure!(Instant::now() < deadline, "the region elected no leaders in 30 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let addresses: Vec<(u64, &str)> = nodes.iter().map(|node| (node.id, node.address.as_str())).collect();
+        launcher::wait_for_leaders(&addresses, partitions).await.context("the region elected no leaders")?;
         Ok(region)
-    }
-
-    async fn leaders(&self) -> anyhow::Result<usize> {
-        let status = ClusterClient::new(self.channels[0].clone()).status(v1::StatusRequest {}).await?.into_inner();
-        Ok(status.partitions.iter().filter(|p| p.leader != 0).count())
     }
 
     /// Appends `events` to stream `bench-<writer>` through node `writer mod n`.

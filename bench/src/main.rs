@@ -1,6 +1,9 @@
 //! `fjord-bench`: Fjord's benchmark harness. One subcommand per workload; each prints a readable summary
 //! and, with `--json`, a JSON result. Figures are only meaningful as ratios against peers measured on the
 //! same machine in the same run (`bench/run-all` runs them all and writes bench/RESULTS.md).
+//!
+//! The region launcher lives in the package's library (`src/lib.rs`, [`fjord_bench::launcher`]), which the
+//! workspace's integration tests use too; everything else is this binary's.
 
 mod append;
 mod disk;

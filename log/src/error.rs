@@ -183,6 +183,51 @@ pub enum Rejection {
     },
 }
 
+/// What kind of failure an error is: each error of the workspace knows its kind and its reason code in one
+/// place ([`Error::status_kind`], [`Error::reason`]), and a transport maps kinds to its own codes once (the
+/// binary's `pb.rs` to gRPC codes). Transports never look at messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKind {
+    /// The request is malformed or over a limit.
+    InvalidArgument,
+    /// The request is fine but the state it meets refuses it.
+    FailedPrecondition,
+    /// What the request would create is there already (a reused event id).
+    AlreadyExists,
+    /// What the request names does not exist.
+    NotFound,
+    /// Try again: the service cannot do it now (no leader, no quorum, shutting down).
+    Unavailable,
+    /// Stored or received bytes are corrupt.
+    DataLoss,
+    /// A fault of the service itself.
+    Internal,
+}
+
+impl Rejection {
+    /// A stable, machine-readable reason code for this rejection.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::WrongExpectedRevision { .. } => "WRONG_EXPECTED_REVISION",
+            Rejection::EventIdReused { .. } => "EVENT_ID_REUSED",
+            Rejection::PartialRetry { .. } => "PARTIAL_RETRY",
+            Rejection::RetryOutOfOrder { .. } => "RETRY_OUT_OF_ORDER",
+            Rejection::WrongPartition { .. } => "WRONG_PARTITION",
+        }
+    }
+
+    /// What kind of failure the rejection is.
+    pub fn status_kind(&self) -> StatusKind {
+        match self {
+            Rejection::WrongExpectedRevision { .. } => StatusKind::FailedPrecondition,
+            Rejection::EventIdReused { .. } | Rejection::PartialRetry { .. } | Rejection::RetryOutOfOrder { .. } => {
+                StatusKind::AlreadyExists
+            }
+            Rejection::WrongPartition { .. } => StatusKind::Internal,
+        }
+    }
+}
+
 fn describe_head(current: Option<u64>) -> String {
     match current {
         Some(revision) => format!("at revision {revision}"),
@@ -245,16 +290,24 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Invalid(_) => "INVALID_ARGUMENT",
-            Error::Rejected(Rejection::WrongExpectedRevision { .. }) => "WRONG_EXPECTED_REVISION",
-            Error::Rejected(Rejection::EventIdReused { .. }) => "EVENT_ID_REUSED",
-            Error::Rejected(Rejection::PartialRetry { .. }) => "PARTIAL_RETRY",
-            Error::Rejected(Rejection::RetryOutOfOrder { .. }) => "RETRY_OUT_OF_ORDER",
-            Error::Rejected(Rejection::WrongPartition { .. }) => "WRONG_PARTITION",
+            Error::Rejected(rejection) => rejection.reason(),
             Error::Storage(_) | Error::System { .. } => "STORAGE",
             Error::Corrupt { .. } | Error::Segment(_) => "DATA_CORRUPT",
             Error::Config(_) => "CONFIG",
             Error::WriterStopped { .. } => "SHUTTING_DOWN",
             Error::NoSuchPartition { .. } => "NO_SUCH_PARTITION",
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn status_kind(&self) -> StatusKind {
+        match self {
+            Error::Invalid(_) => StatusKind::InvalidArgument,
+            Error::Rejected(rejection) => rejection.status_kind(),
+            Error::Corrupt { .. } | Error::Segment(_) => StatusKind::DataLoss,
+            Error::NoSuchPartition { .. } => StatusKind::NotFound,
+            Error::WriterStopped { .. } => StatusKind::Unavailable,
+            Error::Storage(_) | Error::System { .. } | Error::Config(_) => StatusKind::Internal,
         }
     }
 

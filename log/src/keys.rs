@@ -13,14 +13,20 @@ pub(crate) const CF_STREAM_INDEX: &str = "stream_index";
 pub(crate) const CF_EVENT_IDS: &str = "event_ids";
 /// `partition ‖ stream` → stream head (revision, last offset).
 pub(crate) const CF_STREAMS: &str = "streams";
+/// `partition ‖ base offset` → a sealed segment's catalog entry (log/FORMAT.md, "Sealed segments").
+pub(crate) const CF_SEGMENTS: &str = "segments";
 /// Store-wide settings (format version, partition count), in the default column family.
 pub(crate) const CF_META: &str = "default";
 
 /// All column families the store opens.
-pub(crate) const ALL_CFS: [&str; 5] = [CF_META, CF_EVENTS, CF_STREAM_INDEX, CF_EVENT_IDS, CF_STREAMS];
+pub(crate) const ALL_CFS: [&str; 6] = [CF_META, CF_EVENTS, CF_STREAM_INDEX, CF_EVENT_IDS, CF_STREAMS, CF_SEGMENTS];
 
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub(crate) const META_PARTITIONS: &[u8] = b"partitions";
+/// The store's tail epoch counter (see [`crate::tail`]).
+pub(crate) const META_TAIL_EPOCH: &[u8] = b"tail_epoch";
+/// The id of the cluster the store's partitions belong to (16 bytes), once the node has learned it.
+pub(crate) const META_CLUSTER_ID: &[u8] = b"cluster_id";
 
 pub(crate) fn event_key(partition: u32, offset: u64) -> [u8; 12] {
     let mut key = [0u8; 12];

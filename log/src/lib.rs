@@ -3,12 +3,16 @@
 //! This crate owns the event model ([`event`]), the limits every append is validated against ([`limits`]),
 //! the mapping of streams to partitions ([`partitioner`]), the on-disk record encoding ([`record`]), the
 //! RocksDB layout and the deterministic apply of append batches ([`store`], [`partition`]), streaming reads
-//! ([`read`]), group commit ([`group_commit`]) and the sealed segment format ([`segment`], written down in
-//! `log/FORMAT.md`). [`planted`] holds the bugs the fault tests plant on purpose (debug builds only).
+//! ([`read`]), the applied-tail watch that followers of the log wake on ([`tail`]), group commit
+//! ([`group_commit`]), the sealed segment format ([`segment`], written down in `log/FORMAT.md`) and the
+//! sealed segments each partition's prefix is stored as once ([`sealed`]). [`planted`] holds the bugs the fault tests plant on purpose (debug builds only).
+//!
+//! Readers that need linearizable reads ask through [`barrier::ReadBarrier`], which the Raft layer implements.
 //!
 //! It must never know about Raft, views or gRPC: the Raft state machine, the projection engine and the edge
 //! replica all build on the types here, never the other way round.
 
+pub mod barrier;
 pub mod error;
 pub mod event;
 pub mod group_commit;
@@ -20,13 +24,18 @@ pub mod planted;
 pub mod read;
 pub mod record;
 mod restore;
+pub mod sealed;
 pub mod segment;
 pub mod store;
+pub mod tail;
 
+pub use barrier::ReadBarrier;
+pub use barrier::ReadBarrierError;
 pub use error::Error;
 pub use error::InvalidInput;
 pub use error::Rejection;
 pub use error::Result;
+pub use error::StatusKind;
 pub use event::AppendOutcome;
 pub use event::AppendRequest;
 pub use event::EventPosition;
@@ -44,3 +53,7 @@ pub use partitioner::partition_of;
 pub use read::Direction;
 pub use store::LogStore;
 pub use store::StoreOptions;
+pub use tail::AppliedTail;
+pub use tail::Epoch;
+pub use tail::TailChange;
+pub use tail::TailWatch;

@@ -14,6 +14,7 @@ use std::sync::MutexGuard;
 use rocksdb::DB;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -34,6 +35,10 @@ use crate::read::StreamReader;
 use crate::record::decode_record;
 use crate::record::encode_record;
 use crate::store::cf;
+use crate::tail::AppliedTail;
+use crate::tail::Epoch;
+use crate::tail::EpochCounter;
+use crate::tail::TailWatch;
 
 /// Whether an applied batch is fsynced before [`PartitionLog::apply`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,17 +81,21 @@ impl PreparedBatch<'_> {
             options.set_sync(durability == Durability::Sync);
             self.log.db.write_opt(std::mem::take(&mut self.write), &options)?;
             *self.tail = self.next;
+            self.log.publish_next_offset(self.next.next_offset);
         }
         Ok(self.outcomes)
     }
 }
 
-/// One partition's log. Cheap to share: all state is in RocksDB plus two counters.
+/// One partition's log. Cheap to share: all state is in RocksDB plus two counters and the tail watch.
 pub struct PartitionLog {
     pub(crate) db: Arc<DB>,
     partition: u32,
     partitions: u32,
     tail: Mutex<Tail>,
+    /// The store's epoch counter, for a restore's new epoch.
+    pub(crate) epochs: Arc<EpochCounter>,
+    applied: watch::Sender<AppliedTail>,
 }
 
 /// What the writer must know about the end of the log.
@@ -99,9 +108,41 @@ pub(crate) struct Tail {
 }
 
 impl PartitionLog {
-    pub(crate) fn open(db: Arc<DB>, partition: u32, partitions: u32) -> Result<Self> {
+    pub(crate) fn open(
+        db: Arc<DB>,
+        partition: u32,
+        partitions: u32,
+        epochs: Arc<EpochCounter>,
+        epoch: Epoch,
+    ) -> Result<Self> {
         let tail = read_tail(&db, partition)?;
-        Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail) })
+        let (applied, _) = watch::channel(AppliedTail { epoch, next_offset: tail.next_offset });
+        Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail), epochs, applied })
+    }
+
+    /// Follows this partition's applied tail: the receiver wakes when a batch commits and when the
+    /// partition is rewritten (see [`crate::tail`]).
+    pub fn watch_tail(&self) -> TailWatch {
+        self.applied.subscribe()
+    }
+
+    /// The applied tail now.
+    pub fn applied_tail(&self) -> AppliedTail {
+        *self.applied.borrow()
+    }
+
+    /// Publishes a commit's new next offset to the tail's followers (called with the writer lock held).
+    fn publish_next_offset(&self, next_offset: u64) {
+        self.applied.send_if_modified(|tail| {
+            let raised = tail.next_offset != next_offset;
+            tail.next_offset = next_offset;
+            raised
+        });
+    }
+
+    /// Publishes a rewrite: a new epoch and where the rewritten log ends (called with the writer lock held).
+    pub(crate) fn publish_rewrite(&self, epoch: Epoch, next_offset: u64) {
+        self.applied.send_replace(AppliedTail { epoch, next_offset });
     }
 
     /// This partition's number.

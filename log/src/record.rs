@@ -44,8 +44,8 @@ pub fn record_bytes(event: &RecordedEvent) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes one record, checking its CRC32C and every length. `bytes` must be exactly one record.
-pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent> {
+/// Checks a stored record's CRC32C (its last four bytes) without decoding it; returns the bytes it covers.
+pub(crate) fn verify_record_crc(bytes: &[u8]) -> Result<&[u8]> {
     let Some(body_len) = bytes.len().checked_sub(4) else {
         return Err(Error::corrupt("record", format!("{} bytes is shorter than a checksum", bytes.len())));
     };
@@ -55,6 +55,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent> {
     if stored != computed {
         return Err(Error::corrupt("record", format!("crc32c is {computed:#010x}, stored {stored:#010x}")));
     }
+    Ok(body)
+}
+
+/// Decodes one record, checking its CRC32C and every length. `bytes` must be exactly one record.
+pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent> {
+    let body = verify_record_crc(bytes)?;
     let mut r = Reader::new(body);
     let version = r.u8()?;
     if version != RECORD_VERSION {

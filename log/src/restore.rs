@@ -23,7 +23,8 @@ const RESTORE_BATCH_RECORDS: usize = 1024;
 impl PartitionLog {
     /// Replaces this partition's contents with `records`, which must be a whole log: offsets dense from 0,
     /// revisions dense from 0 within each stream, streams belonging to this partition. `finish` adds the
-    /// caller's writes to the last batch, which is synced. The writer lock is held throughout.
+    /// caller's writes to the last batch, which is synced. The writer lock is held throughout. Followers of the
+    /// applied tail see a new epoch (see [`crate::tail`]).
     pub fn restore(
         &self,
         records: impl IntoIterator<Item = Result<RecordedEvent>>,
@@ -67,10 +68,13 @@ impl PartitionLog {
             }
         }
         finish(&mut write);
+        let epoch = self.epochs.next(&self.db, &mut write)?;
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(write, &options)?;
         *tail = restored;
+        self.publish_rewrite(epoch, restored.next_offset);
+        tracing::info!(partition, %epoch, next_offset = restored.next_offset, "partition restored");
         Ok(())
     }
 }

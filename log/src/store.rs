@@ -19,9 +19,10 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::keys;
 use crate::partition::PartitionLog;
+use crate::tail::EpochCounter;
 
 /// The store layout version this code reads and writes (log/FORMAT.md).
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 /// How to open a store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,10 +68,14 @@ impl LogStore {
         let path = path.as_ref();
         let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, column_families(options, extra_families))?);
         check_or_record_meta(&db, options.partitions)?;
+        let (epochs, epoch) = EpochCounter::open(&db)?;
+        let epochs = Arc::new(epochs);
         let partitions = (0..options.partitions)
-            .map(|partition| PartitionLog::open(db.clone(), partition, options.partitions).map(Arc::new))
+            .map(|partition| {
+                PartitionLog::open(db.clone(), partition, options.partitions, epochs.clone(), epoch).map(Arc::new)
+            })
             .collect::<Result<Vec<_>>>()?;
-        tracing::info!(path = %path.display(), partitions = options.partitions, "log store open");
+        tracing::info!(path = %path.display(), partitions = options.partitions, %epoch, "log store open");
         Ok(LogStore { db, partitions })
     }
 

@@ -8,18 +8,24 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::types::RegionNode;
 use fjord_log::AppendOutcome;
 use fjord_log::AppendRequest;
 use fjord_log::Durability;
 use fjord_log::InvalidInput;
 use fjord_log::Limits;
 use fjord_log::PartitionLog;
+use fjord_log::ReadBarrier;
+use fjord_log::ReadBarrierError;
 use fjord_log::Rejection;
+use fjord_log::StatusKind;
+use fjord_log::barrier::BarrierFuture;
 use fjord_log::group_commit::now_micros;
 use fjord_log::partition_of;
 use fjord_log::planted::PlantedBug;
 use fjord_log::planted::planted;
-use openraft::BasicNode;
+use fjord_log::sealed::SealedSegment;
+use openraft::ServerState;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use serde::Deserialize;
@@ -48,8 +54,8 @@ pub enum GroupError {
     /// Apply refused the append (every replica agrees); nothing was written.
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    /// This node does not lead the partition; the leader is named when known.
-    #[error("node {node} does not lead partition {group}")]
+    /// This node does not lead the partition (any more); the leader is named when known.
+    #[error("the leader of partition {group} changed while the request was in flight; retry")]
     NotLeader {
         /// This node.
         node: NodeId,
@@ -67,6 +73,20 @@ pub enum GroupError {
         /// What went wrong.
         detail: String,
     },
+    /// No leader of the partition is known (an election is under way, or no quorum).
+    #[error("partition {group} has no leader")]
+    NoLeader {
+        /// The partition.
+        group: GroupId,
+    },
+    /// A membership change was refused (another change in progress, an unknown node, no quorum).
+    #[error("membership change of partition {group} refused: {detail}")]
+    Membership {
+        /// The partition.
+        group: GroupId,
+        /// Why.
+        detail: String,
+    },
     /// The request cannot be carried out in the group's current state (e.g. leadership to a non-voter).
     #[error("partition {group}: {detail}")]
     Refused {
@@ -75,6 +95,54 @@ pub enum GroupError {
         /// Why.
         detail: String,
     },
+}
+
+impl GroupError {
+    /// A stable, machine-readable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GroupError::Invalid(_) => "INVALID_ARGUMENT",
+            GroupError::Rejected(rejection) => rejection.reason(),
+            GroupError::NotLeader { .. } => "LEADER_CHANGED",
+            GroupError::Unavailable { .. } => "UNAVAILABLE",
+            GroupError::NoLeader { .. } => "NO_LEADER",
+            GroupError::Membership { .. } => "MEMBERSHIP",
+            GroupError::Refused { .. } => "FAILED_PRECONDITION",
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn status_kind(&self) -> StatusKind {
+        match self {
+            GroupError::Invalid(_) => StatusKind::InvalidArgument,
+            GroupError::Rejected(rejection) => rejection.status_kind(),
+            GroupError::NotLeader { .. } | GroupError::Unavailable { .. } | GroupError::NoLeader { .. } => {
+                StatusKind::Unavailable
+            }
+            GroupError::Membership { .. } | GroupError::Refused { .. } => StatusKind::FailedPrecondition,
+        }
+    }
+}
+
+/// A partition group's state on this node, as `fjord status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's current term.
+    pub term: u64,
+    /// This node's role in the group: leader, follower, candidate, learner or shutdown.
+    pub role: &'static str,
+    /// The index of the last entry in this node's Raft log.
+    pub last_log_index: u64,
+    /// The index of the last entry applied here.
+    pub applied_index: u64,
+    /// The partition's applied tail here (epoch and next offset).
+    pub applied: fjord_log::AppliedTail,
+    /// The last sealed segment of the partition here.
+    pub last_sealed: Option<SealedSegment>,
 }
 
 /// How long a linearizable read waits for the leader to apply its log before it gives up as unavailable.
@@ -119,7 +187,7 @@ impl Default for GroupsConfig {
 }
 
 impl GroupsConfig {
-    fn raft_config(&self) -> Result<openraft::Config, String> {
+    fn raft_config(&self) -> crate::Result<openraft::Config> {
         openraft::Config {
             cluster_name: "fjord".to_owned(),
             heartbeat_interval: self.heartbeat_ms,
@@ -133,7 +201,7 @@ impl GroupsConfig {
             ..openraft::Config::default()
         }
         .validate()
-        .map_err(|e| e.to_string())
+        .map_err(crate::Error::Config)
     }
 }
 
@@ -165,25 +233,25 @@ impl Groups {
         peers: Arc<PeerChannels>,
         limits: Limits,
         config: &GroupsConfig,
-    ) -> Result<Self, String> {
+    ) -> crate::Result<Self> {
         let raft_config = Arc::new(config.raft_config()?);
         let partitions = storage.log_store().partition_count();
         let (mut rafts, mut logs) = (Vec::new(), Vec::new());
         for group in 0..partitions {
             let opened = storage.clone();
             let (log_store, state_machine) = tokio::task::spawn_blocking(move || opened.group(group))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .await?
+                .map_err(|source| crate::Error::Storage { group, source })?;
             let snapshot_size = state_machine.snapshot_size();
             let network = GroupNetworkFactory::new(group, peers.clone());
             let raft = GroupRaft::new(node, raft_config.clone(), network, log_store, state_machine)
                 .await
-                .map_err(|e| format!("starting raft group {group}: {e}"))?;
-            let log = storage.log_store().partition(group).map_err(|e| e.to_string())?.clone();
+                .map_err(|source| crate::Error::Fatal { group, source })?;
+            let log = storage.log_store().partition(group)?.clone();
             let schedule =
                 snapshot_schedule::run(group, raft.clone(), log.clone(), snapshot_size, config.snapshot_every_entries);
             tokio::spawn(schedule);
+            tokio::spawn(fjord_log::sealed::run_sealer(storage.segments().clone(), log.clone()));
             rafts.push(raft);
             logs.push(log);
         }
@@ -208,18 +276,35 @@ impl Groups {
         Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease })
     }
 
-    /// Makes `members` the initial voters of every group that is not initialized yet (a new region).
-    pub async fn bootstrap(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
-        for (group, raft) in self.rafts.iter().enumerate() {
-            if raft.is_initialized().await.map_err(|e| e.to_string())? {
+    /// Makes `members` (node id → address) the initial voters of every group that is not initialized yet
+    /// (a new region), under this node's cluster id — generated now, and stored, if it has none.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> crate::Result<()> {
+        let segments = self.storage.segments().clone();
+        let cluster_id = tokio::task::spawn_blocking(move || match segments.cluster_id() {
+            Some(known) => Ok(known),
+            None => {
+                let generated = uuid::Uuid::now_v7();
+                segments.adopt_cluster_id(generated).map(|()| generated)
+            }
+        })
+        .await??;
+        let members: BTreeMap<NodeId, RegionNode> =
+            members.into_iter().map(|(id, address)| (id, RegionNode { address, cluster_id })).collect();
+        for (group, raft) in (0..).zip(self.rafts.iter()) {
+            if raft.is_initialized().await.map_err(|source| crate::Error::Fatal { group, source })? {
                 continue;
             }
             match raft.initialize(members.clone()).await {
                 Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-                Err(error) => return Err(format!("initializing group {group}: {error}")),
+                Err(source) => return Err(crate::Error::Initialize { group, source }),
             }
         }
         Ok(())
+    }
+
+    /// The node's sealed segments (and the cluster id they carry).
+    pub fn segments(&self) -> &Arc<fjord_log::sealed::SegmentCatalog> {
+        self.storage.segments()
     }
 
     /// The limits appends are validated against.
@@ -232,9 +317,33 @@ impl Groups {
         self.storage.log_store()
     }
 
-    /// How many events of `group` this node has applied (its partition's next offset).
-    pub fn applied_offset(&self, group: GroupId) -> u64 {
-        self.storage.log_store().partition(group).map_or(0, |log| log.next_offset())
+    /// The state of `group` on this node.
+    pub fn status(&self, group: GroupId) -> Result<GroupStatus, GroupError> {
+        let metrics = self.raft(group)?.metrics().borrow().clone();
+        let unavailable = |error: fjord_log::Error| GroupError::Unavailable { group, detail: error.to_string() };
+        let applied = self.storage.log_store().partition(group).map_err(unavailable)?.applied_tail();
+        let last_sealed = self.storage.segments().sealed(group).map_err(unavailable)?.last().copied();
+        Ok(GroupStatus {
+            group,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            applied,
+            last_sealed,
+        })
+    }
+
+    /// The number of partition groups.
+    pub fn group_count(&self) -> u32 {
+        u32::try_from(self.rafts.len()).unwrap_or(u32::MAX)
     }
 
     /// What the node's WAL syncer has done (syncs, and Raft log appends made durable by them).
@@ -247,9 +356,9 @@ impl Groups {
         self.node
     }
 
-    /// Every group's raft, indexed by group id.
-    pub fn rafts(&self) -> &Arc<Vec<GroupRaft>> {
-        &self.rafts
+    /// The Raft transport's server side for this node's groups, to be served to its peers.
+    pub fn transport_service(&self) -> crate::network::RaftTransportService {
+        crate::network::RaftTransportService::new(self.rafts.clone())
     }
 
     /// The partition `stream` lives in.
@@ -259,9 +368,11 @@ impl Groups {
 
     /// Validates and appends through the partition's leader (this node); resolves once the entry is committed
     /// on a majority and applied here.
+    #[tracing::instrument(level = "debug", skip_all, fields(partition, events = request.events.len()))]
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, GroupError> {
         self.limits.validate_append(&request)?;
         let group = self.group_of(&request.stream);
+        tracing::Span::current().record("partition", group);
         let (reply, outcome) = oneshot::channel();
         let unavailable = || GroupError::Unavailable { group, detail: "the node is shutting down".to_owned() };
         self.queues[group as usize].send(Pending { request, reply }).await.map_err(|_| unavailable())?;
@@ -277,28 +388,29 @@ impl Groups {
     /// acknowledged before it. (The fault tests' power-loss nemesis found exactly this: a stale read.) So
     /// the read also waits until everything in the leader's log when the read began is applied: every
     /// acknowledged append is in that log, by Raft's leader completeness.
-    pub async fn read_barrier(&self, group: GroupId) -> Result<(), GroupError> {
-        let raft = self.raft(group)?;
+    #[tracing::instrument(level = "debug", skip_all, fields(partition = group))]
+    async fn read_barrier(&self, group: GroupId) -> Result<(), ReadBarrierError> {
+        let unavailable = |detail: String| ReadBarrierError::Unavailable { partition: group, detail };
+        let raft = self.raft(group).map_err(|error| unavailable(error.to_string()))?;
         let last_log_index = raft.metrics().borrow().last_log_index;
         match raft.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
-                return Err(GroupError::NotLeader { node: self.node, group, leader: leader_of(&forward) });
+                return Err(ReadBarrierError::NotLeader { partition: group, leader: leader_of(&forward) });
             }
-            Err(error) => return Err(GroupError::Unavailable { group, detail: error.to_string() }),
+            Err(error) => return Err(unavailable(error.to_string())),
         }
         raft.wait(Some(READ_APPLY_WAIT))
             .applied_index_at_least(last_log_index, "a linearizable read")
             .await
             .map(|_| ())
-            .map_err(|error| GroupError::Unavailable {
-                group,
-                detail: format!("the leader's log was not applied in time for a linearizable read: {error}"),
+            .map_err(|error| {
+                unavailable(format!("the leader's log was not applied in time for a linearizable read: {error}"))
             })
     }
 
     /// The raft of one group.
-    pub fn raft(&self, group: GroupId) -> Result<&GroupRaft, GroupError> {
+    pub(crate) fn raft(&self, group: GroupId) -> Result<&GroupRaft, GroupError> {
         self.rafts
             .get(group as usize)
             .ok_or_else(|| GroupError::Unavailable { group, detail: "no such partition".to_owned() })
@@ -307,6 +419,7 @@ impl Groups {
     /// Moves the leadership of `group` from this node (its leader) to the voter `target`, which must hold
     /// every entry first. Proposals to the group pause meanwhile, for about one leader lease (the election
     /// timeout), since openraft 0.9 has no transfer of its own.
+    #[tracing::instrument(level = "info", skip(self), fields(partition = group))]
     pub async fn transfer_leadership(&self, group: GroupId, target: NodeId) -> Result<(), GroupError> {
         let gate = self
             .proposal_gates
@@ -326,8 +439,14 @@ impl Groups {
     }
 }
 
-pub(crate) fn leader_of(forward: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
-    Some((forward.leader_id?, forward.leader_node.as_ref()?.addr.clone()))
+impl ReadBarrier for Groups {
+    fn wait_readable(&self, partition: u32) -> BarrierFuture<'_> {
+        Box::pin(self.read_barrier(partition))
+    }
+}
+
+pub(crate) fn leader_of(forward: &openraft::error::ForwardToLeader<NodeId, RegionNode>) -> Option<(NodeId, String)> {
+    Some((forward.leader_id?, forward.leader_node.as_ref()?.address.clone()))
 }
 
 /// One group's batcher: gathers waiting appends into Raft entries.

@@ -14,9 +14,11 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+pub mod error;
 pub mod groups;
 mod keys;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod snapshot;
 pub mod snapshot_schedule;
@@ -26,9 +28,10 @@ mod transfer;
 pub mod types;
 pub mod wal_sync;
 
+pub use error::Error;
+pub use error::Result;
 pub use keys::RAFT_COLUMN_FAMILIES;
 pub use log_store::GroupLogStore;
-pub use snapshot::RegionIdentity;
 pub use snapshot::SnapshotFile;
 pub use state_machine::GroupStateMachine;
 pub use storage::NodeStorage;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::types::RegionNode;
 use fjord_proto::v1::internal::CampaignRequest;
 use fjord_proto::v1::internal::CampaignResponse;
 use fjord_proto::v1::internal::RaftMessage;
 use fjord_proto::v1::internal::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransport;
-use openraft::BasicNode;
 use openraft::RaftNetwork;
 use openraft::RaftNetworkFactory;
 use openraft::error::InstallSnapshotError;
@@ -114,8 +114,8 @@ pub struct GroupConnection {
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupConnection {
-        let channel = self.peers.channel(target, &node.addr);
+    async fn new_client(&mut self, target: NodeId, node: &RegionNode) -> GroupConnection {
+        let channel = self.peers.channel(target, &node.address);
         let client = RaftTransportClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -123,7 +123,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     }
 }
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+type RpcResult<T, E> = Result<T, RPCError<NodeId, RegionNode, E>>;
 
 impl GroupConnection {
     /// Sends one message and decodes the remote's `Result<Reply, RaftError>`.

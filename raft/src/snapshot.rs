@@ -1,25 +1,34 @@
-//! Snapshots of a partition group: a file of chained segments, never one in-memory blob.
+//! Snapshots of a partition group, built from the partition's sealed segments plus its open tail: a
+//! snapshot never rewrites the sealed prefix, it refers to the segment files (see `fjord_log::sealed`).
 //!
-//! A snapshot file is `"FJSNAP01"` followed by frames `length (u64 LE) ‖ segment`, where each segment is
-//! in the format of log/FORMAT.md and chains onto the one before it (the first onto the seed). Building
-//! writes the partition's records up to a consistent cut; installing decodes and verifies every segment
-//! while it restores the partition, so a corrupt or truncated snapshot is refused, never installed.
-//! openraft ships the file in chunks; [`SnapshotFile`] is the handle it reads and writes.
+//! On the wire (and in a received file) a snapshot is `"FJSNAP02"` followed by frames
+//! `kind (u8) ‖ length (u64 LE) ‖ segment`, each segment in the format of log/FORMAT.md, chained from the
+//! seed in offset order: first the sealed segments (kind 1), byte for byte as the sender stores them, then
+//! the tail (kind 2: one or more segments of the records after the last sealed one, up to the snapshot's
+//! cut). The sender keeps a [`SnapshotManifest`] — the sealed segments and a file holding the tail frames —
+//! and streams the concatenation from those files ([`SnapshotFile`]); nothing is copied to build it.
+//! The receiver verifies every segment before it touches the partition, adopts the sealed segments as its
+//! own, and restores the partition from the records.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
+use std::io::SeekFrom;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::Context;
 use std::task::Poll;
+use std::task::ready;
 
 use fjord_log::PartitionLog;
 use fjord_log::RecordedEvent;
+use fjord_log::sealed::LogIdentity;
+use fjord_log::sealed::SealedSegment;
 use fjord_log::segment::CHAIN_SEED;
+use fjord_log::segment::Segment;
 use fjord_log::segment::SegmentEncoder;
 use fjord_log::segment::SegmentError;
 use fjord_log::segment::SegmentHeader;
@@ -30,156 +39,330 @@ use tokio::io::AsyncRead;
 use tokio::io::AsyncSeek;
 use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
-use uuid::Uuid;
 
-/// First bytes of every snapshot file.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FJSNAP01";
-/// Records per segment in a snapshot.
-const RECORDS_PER_SEGMENT: u64 = 16 * 1024;
+/// First bytes of every snapshot.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FJSNAP02";
+/// A frame holding one of the sender's sealed segments.
+const FRAME_SEALED: u8 = 1;
+/// A frame holding part of the open tail.
+pub(crate) const FRAME_TAIL: u8 = 2;
+/// Bytes of a frame header: kind and length.
+const FRAME_HEADER_BYTES: usize = 9;
+/// Records per tail segment, so no frame is built or verified in memory whole if the tail is long.
+const TAIL_RECORDS_PER_SEGMENT: u64 = 16 * 1024;
 /// A frame longer than this is refused as corrupt rather than allocated.
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
-/// Who owns the partitions being snapshotted, written into every segment header.
+/// What a snapshot held by this node is made of: sealed segments of the catalog, then the tail frames.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegionIdentity {
-    /// The cluster.
-    pub cluster_id: Uuid,
-    /// The region's name.
-    pub region: String,
+pub struct SnapshotManifest {
+    /// The sealed segments, in offset order, from offset 0.
+    pub sealed: Vec<SealedSegment>,
+    /// The file (in the group's snapshot directory) holding the tail frames.
+    pub tail_file: String,
+    /// The snapshot's cut: the offset after its last record.
+    pub next_offset: u64,
 }
 
-/// A snapshot's bytes on disk, as openraft streams them: a file and where it lives.
-#[derive(Debug)]
-pub struct SnapshotFile {
-    file: tokio::fs::File,
-    path: PathBuf,
+/// The header of a frame of `kind` holding a segment of `len` bytes.
+pub(crate) fn frame_header(kind: u8, len: u64) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[0] = kind;
+    header[1..].copy_from_slice(&len.to_le_bytes());
+    header
 }
 
-impl SnapshotFile {
-    /// Opens an existing snapshot file for reading.
-    pub(crate) fn open(path: PathBuf) -> std::io::Result<Self> {
-        Ok(SnapshotFile { file: tokio::fs::File::from_std(File::open(&path)?), path })
-    }
-
-    /// Creates an empty file to receive a snapshot into.
-    pub(crate) fn create(path: PathBuf) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        Ok(SnapshotFile { file: tokio::fs::File::from_std(file), path })
-    }
-
-    /// Where the bytes are.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl AsyncRead for SnapshotFile {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SnapshotFile {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.file).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_shutdown(cx)
-    }
-}
-
-impl AsyncSeek for SnapshotFile {
-    fn start_seek(mut self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
-        Pin::new(&mut self.file).start_seek(position)
-    }
-
-    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        Pin::new(&mut self.file).poll_complete(cx)
-    }
-}
-
-/// Writes the records of `log` in `[0, next_offset)` to a new snapshot file at `path` and fsyncs it.
-/// `epoch` goes into every segment header (the term of the snapshot's last log id).
-pub(crate) fn write_snapshot(
+/// Writes the tail frames of a snapshot — the records of `log` in `[base, next_offset)`, chained from
+/// `previous_chain` — to a new file at `path`, and fsyncs it.
+pub(crate) fn write_tail(
     log: &PartitionLog,
-    identity: &RegionIdentity,
-    epoch: u64,
+    identity: &LogIdentity,
+    base: u64,
+    previous_chain: u32,
     next_offset: u64,
     path: &Path,
 ) -> fjord_log::Result<()> {
     let io = |e: std::io::Error| fjord_log::Error::from(SegmentError::Encode(format!("{}: {e}", path.display())));
-    let file = File::create(path).map_err(io)?;
-    let mut out = BufWriter::new(file);
-    out.write_all(SNAPSHOT_MAGIC).map_err(io)?;
-    let mut chain = CHAIN_SEED;
-    let mut base = 0;
-    while base < next_offset {
-        let end = next_offset.min(base + RECORDS_PER_SEGMENT);
+    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    let (mut chain, mut from) = (previous_chain, base);
+    // At least one frame, even for an empty tail: the receiver learns the cut from its footer.
+    loop {
+        let end = next_offset.min(from + TAIL_RECORDS_PER_SEGMENT);
         let header = SegmentHeader {
             cluster_id: identity.cluster_id,
             region: identity.region.clone(),
             partition: log.partition(),
-            epoch,
-            base_offset: base,
+            base_offset: from,
         };
         let mut encoder = SegmentEncoder::new(Vec::new(), &header, chain)?;
-        for event in log.read_partition(base, end - base) {
+        for event in log.read_partition(from, end - from) {
             encoder.push(&event?)?;
         }
         let (bytes, summary) = encoder.finish(end)?;
-        out.write_all(&(bytes.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&frame_header(FRAME_TAIL, bytes.len() as u64)).map_err(io)?;
         out.write_all(&bytes).map_err(io)?;
         chain = summary.chain_checksum;
-        base = end;
+        from = end;
+        if from >= next_offset {
+            break;
+        }
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)
 }
 
-/// The records of a snapshot file, verified segment by segment as they are read.
-pub(crate) struct SnapshotRecords {
+/// A snapshot's bytes as openraft streams them: a received file being written, or a held snapshot read as
+/// the concatenation of its parts.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Receiving { file: tokio::fs::File, path: PathBuf },
+    Sending(PartsReader),
+}
+
+impl SnapshotFile {
+    /// Creates an empty file to receive a snapshot into.
+    pub(crate) fn create(path: PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(SnapshotFile { inner: Inner::Receiving { file: tokio::fs::File::from_std(file), path } })
+    }
+
+    /// Opens a held snapshot for reading: `sealed` are the sealed segments' files, `tail` the tail frames'.
+    /// Every file is opened now, so the snapshot stays readable whatever happens to the names later.
+    pub(crate) fn open(sealed: &[(PathBuf, u64)], tail: &Path) -> std::io::Result<Self> {
+        let mut parts = vec![Part::Bytes(SNAPSHOT_MAGIC.to_vec())];
+        for (path, len) in sealed {
+            parts.push(Part::Bytes(frame_header(FRAME_SEALED, *len).to_vec()));
+            parts.push(Part::file(path, *len)?);
+        }
+        let tail_len = std::fs::metadata(tail)?.len();
+        parts.push(Part::file(tail, tail_len)?);
+        Ok(SnapshotFile { inner: Inner::Sending(PartsReader::new(parts)) })
+    }
+
+    /// Where a received snapshot is being written (`None` for a held snapshot being read).
+    pub fn received_path(&self) -> Option<&Path> {
+        match &self.inner {
+            Inner::Receiving { path, .. } => Some(path),
+            Inner::Sending(_) => None,
+        }
+    }
+}
+
+fn not_writable() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::Unsupported, "a held snapshot is read-only")
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).poll_read(cx, buf),
+            Inner::Sending(parts) => parts.poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).poll_write(cx, buf),
+            Inner::Sending(_) => Poll::Ready(Err(not_writable())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).poll_flush(cx),
+            Inner::Sending(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).poll_shutdown(cx),
+            Inner::Sending(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).start_seek(position),
+            Inner::Sending(parts) => parts.start_seek(position),
+        }
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        match &mut self.inner {
+            Inner::Receiving { file, .. } => Pin::new(file).poll_complete(cx),
+            Inner::Sending(parts) => Poll::Ready(Ok(parts.position)),
+        }
+    }
+}
+
+/// One piece of a held snapshot's byte stream.
+#[derive(Debug)]
+enum Part {
+    Bytes(Vec<u8>),
+    File {
+        file: tokio::fs::File,
+        len: u64,
+        /// Where the file's own cursor is, when known; a read elsewhere seeks first.
+        cursor: Option<u64>,
+        seeking: bool,
+    },
+}
+
+impl Part {
+    fn file(path: &Path, len: u64) -> std::io::Result<Part> {
+        let file = tokio::fs::File::from_std(File::open(path)?);
+        Ok(Part::File { file, len, cursor: Some(0), seeking: false })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Part::Bytes(bytes) => bytes.len() as u64,
+            Part::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Reads the concatenation of parts, seekable; file reads go through tokio (the blocking pool).
+#[derive(Debug)]
+struct PartsReader {
+    parts: Vec<Part>,
+    /// Where each part starts in the stream.
+    starts: Vec<u64>,
+    len: u64,
+    position: u64,
+}
+
+impl PartsReader {
+    fn new(parts: Vec<Part>) -> Self {
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut len = 0;
+        for part in &parts {
+            starts.push(len);
+            len += part.len();
+        }
+        PartsReader { parts, starts, len, position: 0 }
+    }
+
+    fn start_seek(&mut self, position: SeekFrom) -> std::io::Result<()> {
+        let target = match position {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(delta) => self.len.checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start of the snapshot")
+        })?;
+        Ok(())
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.position >= self.len || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let index = self.starts.partition_point(|&start| start <= self.position) - 1;
+        let within = self.position - self.starts[index];
+        let room = self.parts[index].len() - within;
+        let want = usize::try_from(room).unwrap_or(usize::MAX).min(buf.remaining());
+        match &mut self.parts[index] {
+            Part::Bytes(bytes) => {
+                let at = within as usize;
+                buf.put_slice(&bytes[at..at + want]);
+            }
+            Part::File { file, cursor, seeking, .. } => {
+                if *cursor != Some(within) {
+                    if !*seeking {
+                        Pin::new(&mut *file).start_seek(SeekFrom::Start(within))?;
+                        *seeking = true;
+                    }
+                    let landed = ready!(Pin::new(&mut *file).poll_complete(cx));
+                    *seeking = false;
+                    *cursor = Some(landed?);
+                    if *cursor != Some(within) {
+                        return Poll::Ready(Err(std::io::Error::other("a snapshot file did not seek where asked")));
+                    }
+                }
+                let mut scratch = vec![0u8; want];
+                let mut read = ReadBuf::new(&mut scratch);
+                ready!(Pin::new(&mut *file).poll_read(cx, &mut read))?;
+                let n = read.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "a snapshot file is shorter than its catalogued length",
+                    )));
+                }
+                buf.put_slice(&scratch[..n]);
+                *cursor = Some(within + n as u64);
+                self.position += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        self.position += want as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One verified frame of a received snapshot.
+pub(crate) struct Frame {
+    /// Whether the sender had it sealed (else it is part of the tail).
+    pub(crate) sealed: bool,
+    /// The segment's bytes, as received.
+    pub(crate) bytes: Vec<u8>,
+    /// The segment, decoded and verified against the chain.
+    pub(crate) segment: Segment,
+}
+
+/// The frames of a received snapshot, each verified (checksums, chain, partition, contiguity) as it is read.
+pub(crate) struct SnapshotFrames {
     input: BufReader<File>,
     partition: u32,
     chain: u32,
     next_offset: u64,
-    current: std::vec::IntoIter<RecordedEvent>,
+    seen_tail: bool,
     failed: bool,
 }
 
-impl SnapshotRecords {
-    /// Opens a snapshot file of `partition` and checks its magic.
+impl SnapshotFrames {
+    /// Opens a received snapshot of `partition` and checks its magic.
     pub(crate) fn open(path: &Path, partition: u32) -> fjord_log::Result<Self> {
         let mut input = BufReader::new(File::open(path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?);
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic).map_err(|_| corrupt("shorter than its magic".to_owned()))?;
         if &magic != SNAPSHOT_MAGIC {
-            return Err(corrupt("not a Fjord snapshot file".to_owned()));
+            return Err(corrupt("not a Fjord snapshot (version 2)".to_owned()));
         }
-        Ok(SnapshotRecords {
-            input,
-            partition,
-            chain: CHAIN_SEED,
-            next_offset: 0,
-            current: Vec::new().into_iter(),
-            failed: false,
-        })
+        Ok(SnapshotFrames { input, partition, chain: CHAIN_SEED, next_offset: 0, seen_tail: false, failed: false })
     }
 
-    /// Reads and verifies the next segment; `None` at a clean end of file.
-    fn next_segment(&mut self) -> fjord_log::Result<Option<Vec<RecordedEvent>>> {
-        let mut length = [0u8; 8];
-        match self.input.read(&mut length[..1]) {
-            Ok(0) => return Ok(None),
+    /// Reads and verifies the next frame; `None` at a clean end of file.
+    fn next_frame(&mut self) -> fjord_log::Result<Option<Frame>> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        match self.input.read(&mut header[..1]) {
+            Ok(0) if self.seen_tail => return Ok(None),
+            Ok(0) => return Err(corrupt("ends before its tail".to_owned())),
             Ok(_) => {}
             Err(e) => return Err(corrupt(e.to_string())),
         }
-        self.input.read_exact(&mut length[1..]).map_err(|_| corrupt("frame length cut short".to_owned()))?;
+        self.input.read_exact(&mut header[1..]).map_err(|_| corrupt("frame header cut short".to_owned()))?;
+        let (kind, mut length) = (header[0], [0u8; 8]);
+        length.copy_from_slice(&header[1..]);
         let length = u64::from_le_bytes(length);
+        let sealed = match kind {
+            FRAME_SEALED if !self.seen_tail => true,
+            FRAME_TAIL => false,
+            other => return Err(corrupt(format!("a frame of kind {other} where none is allowed"))),
+        };
+        self.seen_tail |= !sealed;
         if length > MAX_SEGMENT_BYTES {
             return Err(corrupt(format!("a segment of {length} bytes")));
         }
@@ -194,31 +377,31 @@ impl SnapshotRecords {
         }
         self.chain = segment.summary.chain_checksum;
         self.next_offset = segment.summary.next_offset;
-        Ok(Some(segment.records))
+        Ok(Some(Frame { sealed, bytes, segment }))
     }
 }
 
-impl Iterator for SnapshotRecords {
-    type Item = fjord_log::Result<RecordedEvent>;
+impl Iterator for SnapshotFrames {
+    type Item = fjord_log::Result<Frame>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.failed {
-                return None;
-            }
-            if let Some(record) = self.current.next() {
-                return Some(Ok(record));
-            }
-            match self.next_segment() {
-                Ok(Some(records)) => self.current = records.into_iter(),
-                Ok(None) => return None,
-                Err(error) => {
-                    self.failed = true;
-                    return Some(Err(error));
-                }
-            }
+        if self.failed {
+            return None;
         }
+        let frame = self.next_frame().transpose();
+        self.failed = matches!(frame, Some(Err(_)));
+        frame
     }
+}
+
+/// The records of a received snapshot, frame by frame, in offset order.
+pub(crate) fn snapshot_records(frames: SnapshotFrames) -> impl Iterator<Item = fjord_log::Result<RecordedEvent>> {
+    frames.flat_map(|frame| -> Box<dyn Iterator<Item = fjord_log::Result<RecordedEvent>>> {
+        match frame {
+            Ok(frame) => Box::new(frame.segment.records.into_iter().map(Ok)),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
+    })
 }
 
 fn corrupt(detail: String) -> fjord_log::Error {

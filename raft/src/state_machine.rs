@@ -6,11 +6,18 @@
 //! never disagree. State machine writes are not fsynced themselves: they share the WAL with the Raft log,
 //! whose synced appends make every earlier write durable, and committed entries are re-applied after a crash.
 
+use std::collections::BTreeSet;
+use std::io::BufWriter;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use fjord_log::Durability;
 use fjord_log::PartitionLog;
+use fjord_log::sealed::SealedSegment;
+use fjord_log::sealed::SegmentCatalog;
+use fjord_log::segment::CHAIN_SEED;
 use openraft::EntryPayload;
 use openraft::ErrorSubject;
 use openraft::ErrorVerb;
@@ -23,21 +30,29 @@ use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::io::AsyncSeekExt;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
 
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::codec::io_error;
 use crate::keys;
-use crate::snapshot::RegionIdentity;
+use crate::snapshot::FRAME_TAIL;
 use crate::snapshot::SnapshotFile;
-use crate::snapshot::SnapshotRecords;
-use crate::snapshot::write_snapshot;
+use crate::snapshot::SnapshotFrames;
+use crate::snapshot::SnapshotManifest;
+use crate::snapshot::frame_header;
+use crate::snapshot::snapshot_records;
+use crate::snapshot::write_tail;
 use crate::snapshot_schedule::SnapshotSize;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Entry;
 use crate::types::GroupId;
 use crate::types::LogId;
+use crate::types::Membership;
+use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
 use crate::types::StoredMembership;
@@ -50,22 +65,33 @@ struct AppliedState {
     membership: StoredMembership,
 }
 
-/// The current snapshot: its metadata and its file name in the group's snapshot directory.
+/// The current snapshot: its metadata and what it is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
-    file_name: String,
+    manifest: SnapshotManifest,
+}
+
+/// A received snapshot being installed: kept (synced) until the install is complete, so a crash midway
+/// finishes it at the next open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Installing {
+    meta: SnapshotMeta,
+    /// The received file, in the group's snapshot directory.
+    received_file: String,
 }
 
 /// Everything a group's state machine and snapshot builder share.
 struct Shared {
     db: Arc<DB>,
     log: Arc<PartitionLog>,
+    segments: Arc<SegmentCatalog>,
     group: GroupId,
     snapshot_dir: PathBuf,
-    identity: RegionIdentity,
     /// Records in the current snapshot, for the snapshot schedule.
     snapshot_size: SnapshotSize,
+    /// Held while a snapshot is built or installed: the two never interleave.
+    snapshot_work: Mutex<()>,
 }
 
 /// One partition group's state machine.
@@ -85,22 +111,27 @@ impl GroupStateMachine {
     pub(crate) fn open(
         db: Arc<DB>,
         log: Arc<PartitionLog>,
+        segments: Arc<SegmentCatalog>,
         snapshot_dir: PathBuf,
-        identity: RegionIdentity,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         remove_unfinished_files(&snapshot_dir);
         let group = log.partition();
-        let shared =
-            Arc::new(Shared { db, log, group, snapshot_dir, identity, snapshot_size: SnapshotSize::default() });
-        if let Some(interrupted) = shared.read_meta::<StoredSnapshot>(keys::META_INSTALLING)? {
+        let shared = Arc::new(Shared {
+            db,
+            log,
+            segments,
+            group,
+            snapshot_dir,
+            snapshot_size: SnapshotSize::default(),
+            snapshot_work: Mutex::new(()),
+        });
+        if let Some(interrupted) = shared.read_meta::<Installing>(keys::META_INSTALLING)? {
             tracing::warn!(group, snapshot = %interrupted.meta.snapshot_id, "finishing an interrupted snapshot install");
-            shared.restore_from(&interrupted)?;
+            shared.finish_install(&interrupted)?;
         }
-        // The stored snapshot does not record its size; the partition's size bounds it, which at worst
-        // delays the next snapshot until the partition has doubled from here.
-        if shared.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)?.is_some() {
-            shared.snapshot_size.set(shared.log.next_offset());
+        if let Some(current) = shared.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)? {
+            shared.snapshot_size.set(current.manifest.next_offset);
         }
         Ok(GroupStateMachine { shared })
     }
@@ -132,6 +163,7 @@ impl Shared {
     }
 
     /// Applies entries in order; returns one result per entry, as openraft requires.
+    #[tracing::instrument(level = "debug", skip_all, fields(partition = self.group, entries = entries.len()))]
     fn apply(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
         let meta = self.meta_cf()?;
         let applied_key = keys::meta_key(self.group, keys::META_APPLIED);
@@ -152,6 +184,7 @@ impl Shared {
                 }
                 payload => {
                     if let EntryPayload::Membership(membership) = payload {
+                        self.learn_cluster_id(&membership, &subject)?;
                         applied.membership = StoredMembership::new(Some(log_id), membership);
                     }
                     let mut batch = WriteBatch::default();
@@ -164,29 +197,65 @@ impl Shared {
         Ok(results)
     }
 
+    /// Records the cluster id a membership carries (see [`crate::types::RegionNode`]); a membership of another
+    /// cluster's nodes is refused, and stops the group: this data dir belongs to another cluster.
+    fn learn_cluster_id(&self, membership: &Membership, subject: &ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        // A node without a cluster id (nil) is one no Fjord region created (openraft's own tests): it says nothing.
+        let ids: BTreeSet<Uuid> =
+            membership.nodes().map(|(_, node)| node.cluster_id).filter(|id| !id.is_nil()).collect();
+        let mut ids = ids.iter();
+        match (ids.next(), ids.next()) {
+            (None, _) => Ok(()),
+            (Some(id), None) => {
+                self.segments.adopt_cluster_id(*id).map_err(io_error(subject.clone(), ErrorVerb::Write))
+            }
+            (Some(_), Some(_)) => Err(io_error(subject.clone(), ErrorVerb::Write)(std::io::Error::other(format!(
+                "a membership mixes clusters: {membership:?}"
+            )))),
+        }
+    }
+
     fn snapshot_path(&self, file_name: &str) -> PathBuf {
         self.snapshot_dir.join(file_name)
     }
 
-    /// Writes a snapshot of the current consistent cut and makes it the current snapshot.
+    fn lock_snapshot_work(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.snapshot_work.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes a snapshot of the current consistent cut the current snapshot: the sealed segments below the
+    /// cut, by reference, and the records after them written as the tail.
+    #[tracing::instrument(level = "info", skip_all, fields(partition = self.group))]
     fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _serial = self.lock_snapshot_work();
         let subject = ErrorSubject::Snapshot(None);
         let (next_offset, applied) = self
             .log
             .at_consistent_cut(|next_offset| Ok((next_offset, self.applied())))
             .map_err(io_error(subject.clone(), ErrorVerb::Read))?;
         let applied = applied?;
+        let sealed: Vec<SealedSegment> = self
+            .segments
+            .sealed(self.group)
+            .map_err(io_error(subject.clone(), ErrorVerb::Read))?
+            .into_iter()
+            .take_while(|segment| segment.next_offset <= next_offset)
+            .collect();
+        let (tail_base, tail_chain) = sealed.last().map_or((0, CHAIN_SEED), |s| (s.next_offset, s.chain_checksum));
         let (term, index) = applied.last_applied.map_or((0, 0), |id| (id.leader_id.term, id.index));
         let snapshot_id = format!("{term}-{index}-{}", uuid::Uuid::now_v7().simple());
-        let file_name = format!("{snapshot_id}.snap");
-        let building = self.snapshot_path(&format!("building-{file_name}"));
-        write_snapshot(&self.log, &self.identity, term, next_offset, &building)
+        let tail_file = format!("{snapshot_id}.tail");
+        let building = self.snapshot_path(&format!("building-{tail_file}"));
+        let identity = self.segments.identity().ok_or_else(|| {
+            io_error(subject.clone(), ErrorVerb::Write)(std::io::Error::other("the cluster id is not known yet"))
+        })?;
+        write_tail(&self.log, &identity, tail_base, tail_chain, next_offset, &building)
             .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-        let path = self.snapshot_path(&file_name);
-        std::fs::rename(&building, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        std::fs::rename(&building, self.snapshot_path(&tail_file))
+            .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
         self.sync_dir()?;
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), file_name: file_name.clone() };
+        let stored = StoredSnapshot { meta, manifest: SnapshotManifest { sealed, tail_file, next_offset } };
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.meta_cf()?,
@@ -194,83 +263,133 @@ impl Shared {
             encode(&stored, subject.clone())?,
         );
         self.db.write_opt(batch, &synced()).map_err(io_error(subject, ErrorVerb::Write))?;
-        self.remove_snapshots_except(&file_name);
+        self.remove_snapshot_files_except(&[&stored.manifest.tail_file]);
         self.snapshot_size.set(next_offset);
-        tracing::info!(group = self.group, snapshot = %meta.snapshot_id, next_offset, "snapshot built");
-        open_snapshot(meta, path)
+        tracing::info!(
+            group = self.group,
+            snapshot = %stored.meta.snapshot_id,
+            next_offset,
+            sealed_segments = stored.manifest.sealed.len(),
+            tail_from = tail_base,
+            "snapshot built"
+        );
+        self.open_snapshot(stored)
     }
 
-    /// Makes the received snapshot at `received` the group's state.
+    /// Makes the received snapshot at `received` the group's state: verified whole first (a corrupt
+    /// snapshot changes nothing), then marked as installing, then installed.
+    #[tracing::instrument(level = "info", skip_all, fields(partition = self.group, snapshot = %meta.snapshot_id))]
     fn install(&self, meta: &SnapshotMeta, received: &std::path::Path) -> Result<(), StorageError> {
+        let _serial = self.lock_snapshot_work();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let file_name = format!("{}.snap", meta.snapshot_id);
-        let path = self.snapshot_path(&file_name);
-        if received != path {
-            if received.parent() == Some(self.snapshot_dir.as_path()) {
-                std::fs::File::open(received)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-                std::fs::rename(received, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-            } else {
-                let copying = self.snapshot_path(&format!("receiving-{file_name}"));
-                std::fs::copy(received, &copying).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-                std::fs::File::open(&copying)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-                std::fs::rename(&copying, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-            }
-            self.sync_dir()?;
+        let received_file = format!("{}.received", uuid::Uuid::now_v7().simple());
+        let path = self.snapshot_path(&received_file);
+        std::fs::File::open(received)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        std::fs::rename(received, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        self.sync_dir()?;
+        let frames = SnapshotFrames::open(&path, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?;
+        for frame in frames {
+            frame.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
         }
-        // Verify every segment before the partition is touched: a corrupt snapshot changes nothing.
-        let records = SnapshotRecords::open(&path, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?;
-        let mut records_in_snapshot = 0;
-        for record in records {
-            record.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
-            records_in_snapshot += 1;
-        }
-        let stored = StoredSnapshot { meta: meta.clone(), file_name: file_name.clone() };
+        let installing = Installing { meta: meta.clone(), received_file };
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.meta_cf()?,
             keys::meta_key(self.group, keys::META_INSTALLING),
-            encode(&stored, subject.clone())?,
+            encode(&installing, subject.clone())?,
         );
         self.db.write_opt(batch, &synced()).map_err(io_error(subject, ErrorVerb::Write))?;
-        self.restore_from(&stored)?;
-        self.remove_snapshots_except(&file_name);
-        self.snapshot_size.set(records_in_snapshot);
-        Ok(())
+        self.finish_install(&installing)
     }
 
-    /// Restores the partition from a stored snapshot and records it as applied and current, atomically with
-    /// the last restore batch; clears the "installing" mark.
-    fn restore_from(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
-        let subject = ErrorSubject::Snapshot(Some(stored.meta.signature()));
-        let meta = self.meta_cf()?;
-        let applied =
-            AppliedState { last_applied: stored.meta.last_log_id, membership: stored.meta.last_membership.clone() };
+    /// Installs a verified received snapshot: adopts its sealed segments into the catalog, keeps its tail
+    /// as the current snapshot's, restores the partition from its records, and records the snapshot as
+    /// applied and current in the restore's last (synced) batch, with the catalog. Repeatable after a crash.
+    fn finish_install(&self, installing: &Installing) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(installing.meta.signature()));
+        self.learn_cluster_id(installing.meta.last_membership.membership(), &subject)?;
+        let received = self.snapshot_path(&installing.received_file);
+        let tail_file = format!("{}.tail", installing.meta.snapshot_id);
+        let mut tail = BufWriter::new(
+            std::fs::File::create(self.snapshot_path(&tail_file))
+                .map_err(io_error(subject.clone(), ErrorVerb::Write))?,
+        );
+        let mut sealed = Vec::new();
+        let mut next_offset = 0;
+        for frame in SnapshotFrames::open(&received, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))? {
+            let frame = frame.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
+            let summary = frame.segment.summary;
+            next_offset = summary.next_offset;
+            if frame.sealed {
+                let segment = SealedSegment {
+                    partition: self.group,
+                    base_offset: frame.segment.header.base_offset,
+                    next_offset: summary.next_offset,
+                    record_count: summary.record_count,
+                    chain_checksum: summary.chain_checksum,
+                    file_bytes: frame.bytes.len() as u64,
+                };
+                self.segments
+                    .store_received(&segment, &frame.bytes)
+                    .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+                sealed.push(segment);
+            } else {
+                tail.write_all(&frame_header(FRAME_TAIL, frame.bytes.len() as u64))
+                    .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+                tail.write_all(&frame.bytes).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+            }
+        }
+        tail.into_inner()
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write)(e.into_error()))?
+            .sync_all()
+            .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        self.sync_dir()?;
+
+        let meta_cf = self.meta_cf()?;
+        let applied = AppliedState {
+            last_applied: installing.meta.last_log_id,
+            membership: installing.meta.last_membership.clone(),
+        };
         let applied = encode(&applied, subject.clone())?;
-        let current = encode(stored, subject.clone())?;
-        let records = SnapshotRecords::open(&self.snapshot_path(&stored.file_name), self.group)
-            .map_err(io_error(subject.clone(), ErrorVerb::Read))?;
+        let stored = StoredSnapshot {
+            meta: installing.meta.clone(),
+            manifest: SnapshotManifest { sealed: sealed.clone(), tail_file: tail_file.clone(), next_offset },
+        };
+        let current = encode(&stored, subject.clone())?;
+        let replacement =
+            self.segments.replace(self.group, sealed).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        let records = snapshot_records(
+            SnapshotFrames::open(&received, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?,
+        );
         self.log
             .restore(records, |batch| {
-                batch.put_cf(meta, keys::meta_key(self.group, keys::META_APPLIED), applied);
-                batch.put_cf(meta, keys::meta_key(self.group, keys::META_SNAPSHOT), current);
-                batch.delete_cf(meta, keys::meta_key(self.group, keys::META_INSTALLING));
+                replacement.add_to(batch);
+                batch.put_cf(meta_cf, keys::meta_key(self.group, keys::META_APPLIED), applied);
+                batch.put_cf(meta_cf, keys::meta_key(self.group, keys::META_SNAPSHOT), current);
+                batch.delete_cf(meta_cf, keys::meta_key(self.group, keys::META_INSTALLING));
             })
-            .map_err(io_error(subject, ErrorVerb::Write))?;
-        tracing::info!(group = self.group, snapshot = %stored.meta.snapshot_id, "snapshot installed");
+            .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        replacement.commit();
+        self.remove_snapshot_files_except(&[&tail_file]);
+        self.snapshot_size.set(next_offset);
+        tracing::info!(group = self.group, snapshot = %installing.meta.snapshot_id, next_offset, "snapshot installed");
         Ok(())
     }
 
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)?
-            .map(|stored| {
-                let path = self.snapshot_path(&stored.file_name);
-                open_snapshot(stored.meta, path)
-            })
-            .transpose()
+        self.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)?.map(|stored| self.open_snapshot(stored)).transpose()
+    }
+
+    /// Opens a held snapshot for reading: its sealed segments' files and its tail file.
+    fn open_snapshot(&self, stored: StoredSnapshot) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(stored.meta.signature()));
+        let sealed: Vec<_> =
+            stored.manifest.sealed.iter().map(|segment| (self.segments.path_of(segment), segment.file_bytes)).collect();
+        let file = SnapshotFile::open(&sealed, &self.snapshot_path(&stored.manifest.tail_file))
+            .map_err(io_error(subject, ErrorVerb::Read))?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(file) })
     }
 
     fn sync_dir(&self) -> Result<(), StorageError> {
@@ -279,11 +398,9 @@ impl Shared {
             .map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 
-    /// Deletes every finished snapshot file but `keep` (files still being received are left alone).
-    fn remove_snapshots_except(&self, keep: &str) {
-        remove_files(&self.snapshot_dir, |name| {
-            name != keep && name.ends_with(".snap") && !name.starts_with("receiving-")
-        });
+    /// Deletes every file of the snapshot directory but `keep` and files still being received.
+    fn remove_snapshot_files_except(&self, keep: &[&str]) {
+        remove_files(&self.snapshot_dir, |name| !keep.contains(&name) && !name.starts_with("receiving-"));
     }
 }
 
@@ -323,12 +440,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(io_error(ErrorSubject::StateMachine, ErrorVerb::Write))?
 }
 
-fn open_snapshot(meta: SnapshotMeta, path: PathBuf) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let file = SnapshotFile::open(path).map_err(io_error(subject, ErrorVerb::Read))?;
-    Ok(Snapshot { meta, snapshot: Box::new(file) })
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         blocking(&self.shared, Shared::build_snapshot).await
@@ -366,8 +477,27 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         .await
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
-        let received = snapshot.path().to_owned();
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let received = match snapshot.received_path() {
+            Some(path) => path.to_owned(),
+            None => {
+                // A held snapshot (another store's, handed over whole): its bytes go to a file first, as
+                // a received one's do.
+                let mut receiving = self.begin_receiving_snapshot().await?;
+                let copied = async {
+                    snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+                    tokio::io::copy(&mut *snapshot, &mut *receiving).await?;
+                    receiving.flush().await
+                };
+                copied.await.map_err(io_error(subject, ErrorVerb::Write))?;
+                receiving.received_path().map(ToOwned::to_owned).unwrap_or_default()
+            }
+        };
         drop(snapshot);
         let meta = meta.clone();
         blocking(&self.shared, move |shared| shared.install(&meta, &received)).await

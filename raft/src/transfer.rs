@@ -51,7 +51,7 @@ impl Leadership<'_> {
         if metrics.current_leader != Some(self.node) {
             let leader = metrics
                 .current_leader
-                .and_then(|id| Some((id, metrics.membership_config.membership().get_node(&id)?.addr.clone())));
+                .and_then(|id| Some((id, metrics.membership_config.membership().get_node(&id)?.address.clone())));
             return Err(GroupError::NotLeader { node: self.node, group: self.group, leader });
         }
         if target == self.node {
@@ -59,7 +59,7 @@ impl Leadership<'_> {
         }
         let membership = metrics.membership_config.membership();
         let address = match membership.get_node(&target) {
-            Some(node) if membership.voter_ids().any(|id| id == target) => node.addr.clone(),
+            Some(node) if membership.voter_ids().any(|id| id == target) => node.address.clone(),
             _ => return Err(self.refused(format!("node {target} is not a voter of the group"))),
         };
 

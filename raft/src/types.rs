@@ -10,6 +10,17 @@ use crate::snapshot::SnapshotFile;
 /// A node's id within its region.
 pub type NodeId = u64;
 
+/// A member of a partition group as the group's membership records it: where its peers reach it, and the
+/// cluster it belongs to. The cluster id is generated when the region is created and travels in every
+/// membership entry, so every node learns it from the replicated log (the state machine records it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionNode {
+    /// The address its peers reach it at.
+    pub address: String,
+    /// The cluster the region belongs to.
+    pub cluster_id: uuid::Uuid,
+}
+
 /// A Raft group's id: the partition it replicates.
 pub type GroupId = u32;
 
@@ -57,7 +68,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = RegionNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
@@ -67,9 +78,11 @@ openraft::declare_raft_types!(
 pub type Entry = openraft::Entry<TypeConfig>;
 /// The storage error type openraft expects.
 pub type StorageError = openraft::StorageError<NodeId>;
+/// A group's membership: voters and learners, each a [`RegionNode`].
+pub type Membership = openraft::Membership<NodeId, RegionNode>;
 /// A log id.
 pub type LogId = openraft::LogId<NodeId>;
 /// A membership as stored with the applied state.
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, RegionNode>;
 /// A snapshot's metadata.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, RegionNode>;

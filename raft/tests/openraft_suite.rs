@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use fjord_log::StoreOptions;
+use fjord_log::sealed::SealPolicy;
 use fjord_raft::GroupLogStore;
 use fjord_raft::GroupStateMachine;
 use fjord_raft::NodeStorage;
-use fjord_raft::RegionIdentity;
 use fjord_raft::TypeConfig;
 use openraft::StorageError;
 use openraft::testing::StoreBuilder;
@@ -19,10 +19,11 @@ struct Builder;
 impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, GroupLogStore, GroupStateMachine), StorageError<u64>> {
         let dir = TempDir::new().unwrap();
-        let identity = RegionIdentity { cluster_id: uuid::Uuid::from_u128(7), region: "test".to_owned() };
-        let storage =
-            NodeStorage::open(dir.path(), &StoreOptions { partitions: 2, ..StoreOptions::default() }, identity)
-                .unwrap();
+        let options = StoreOptions { partitions: 2, ..StoreOptions::default() };
+        let storage = NodeStorage::open(dir.path(), &options, "test", SealPolicy::default()).unwrap();
+        // The suite's memberships carry no cluster id (its nodes are defaults); a node of a real region has
+        // learned one before it builds a snapshot.
+        storage.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
         // Group 1, not 0: keys are prefixed by group, and a store must not see its neighbours' data.
         let (log_store, state_machine) = storage.group(1)?;
         Ok((dir, log_store, state_machine))

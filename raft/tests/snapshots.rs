@@ -1,5 +1,6 @@
-//! Snapshots with real partition data: build on one node, install on another, compare byte for byte;
-//! a corrupt snapshot is refused and changes nothing.
+//! Snapshots with real partition data: build on one node (its sealed segments by reference, plus the
+//! tail), install on another, compare byte for byte; the follower adopts the sealed segments, and its
+//! applied-tail watchers see the rewrite as a new epoch; a corrupt snapshot is refused and changes nothing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,10 +8,11 @@ use fjord_log::AppendRequest;
 use fjord_log::ExpectedRevision;
 use fjord_log::ProposedEvent;
 use fjord_log::StoreOptions;
+use fjord_log::TailChange;
+use fjord_log::sealed::SealPolicy;
 use fjord_raft::Command;
 use fjord_raft::CommandResult;
 use fjord_raft::NodeStorage;
-use fjord_raft::RegionIdentity;
 use openraft::Entry;
 use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
@@ -21,8 +23,8 @@ use tokio::io::AsyncSeekExt;
 use tokio::io::AsyncWriteExt;
 
 fn open(dir: &std::path::Path) -> NodeStorage {
-    let identity = RegionIdentity { cluster_id: uuid::Uuid::from_u128(7), region: "test".to_owned() };
-    NodeStorage::open(dir, &StoreOptions { partitions: 1, ..StoreOptions::default() }, identity).unwrap()
+    let seal = SealPolicy { segment_bytes: 2_000, ..SealPolicy::default() };
+    NodeStorage::open(dir, &StoreOptions { partitions: 1, ..StoreOptions::default() }, "test", seal).unwrap()
 }
 
 fn append_entry(index: u64, streams: &[&str]) -> Entry<fjord_raft::TypeConfig> {
@@ -48,16 +50,22 @@ fn partition_bytes(storage: &NodeStorage) -> Vec<fjord_log::RecordedEvent> {
 async fn a_snapshot_moves_a_partition_between_nodes() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let leader = open(leader_dir.path());
+    leader.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
     let (_, mut leader_sm) = leader.group(0).unwrap();
     let entries: Vec<_> = (1..=40).map(|i| append_entry(i, &["order-1", "order-2", "cart-9"])).collect();
     let results = leader_sm.apply(entries).await.unwrap();
     assert!(matches!(&results[0], CommandResult::Appended(outcomes) if outcomes.iter().all(Result::is_ok)));
+    // What the node's sealer does as entries apply: seal the complete segments.
+    let sealed = leader.segments().seal_ready(leader.log_store().partition(0).unwrap()).unwrap();
+    assert!(sealed.len() >= 2, "120 events in 2,000-byte segments: {sealed:?}");
 
     let mut snapshot = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 40)));
 
     let follower = open(follower_dir.path());
     let (_, mut follower_sm) = follower.group(0).unwrap();
+    let mut follower_tail = follower.log_store().partition(0).unwrap().watch_tail();
+    let before_install = *follower_tail.borrow_and_update();
     let mut receiving = follower_sm.begin_receiving_snapshot().await.unwrap();
     let mut bytes = Vec::new();
     snapshot.snapshot.seek(std::io::SeekFrom::Start(0)).await.unwrap();
@@ -71,6 +79,16 @@ async fn a_snapshot_moves_a_partition_between_nodes() {
 
     assert_eq!(partition_bytes(&follower), partition_bytes(&leader));
     assert_eq!(partition_bytes(&follower).len(), 120);
+    assert!(follower_tail.has_changed().unwrap(), "the install wakes the partition's watchers");
+    let after_install = *follower_tail.borrow_and_update();
+    assert_eq!(after_install.next_offset, 120);
+    assert_eq!(after_install.change_since(before_install), TailChange::NewEpoch { rewound: false });
+    // The follower adopted the leader's sealed segments, byte for byte, and chains on from them.
+    assert_eq!(follower.segments().sealed(0).unwrap(), sealed);
+    for segment in &sealed {
+        let (ours, theirs) = (follower.segments().path_of(segment), leader.segments().path_of(segment));
+        assert_eq!(std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
+    }
     assert_eq!(follower_sm.applied_state().await.unwrap().0, Some(log_id(1, 1, 40)));
     let current = follower_sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);

@@ -1,23 +1,17 @@
 //! The public `Cluster` service: status of every partition group on this node, and membership changes,
 //! each carried out by the leader of every group (forwarded per group when this node is not it).
 
-use std::collections::BTreeSet;
-
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::cluster_server::Cluster;
 use fjord_raft::GroupId;
 use fjord_raft::groups::Groups;
-use openraft::BasicNode;
-use openraft::ChangeMembers;
-use openraft::ServerState;
-use tonic::Code;
+use fjord_raft::membership::MembershipChange;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::pb::status;
 use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::forwarded;
@@ -71,7 +65,7 @@ impl ClusterService {
         only: Vec<u32>,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(), Status> {
-        let count = u32::try_from(self.groups().rafts().len()).unwrap_or(u32::MAX);
+        let count = self.groups().group_count();
         let targets: Vec<GroupId> = if only.is_empty() { (0..count).collect() } else { only };
         for group in targets {
             match self.router.leader(group, metadata).await? {
@@ -83,67 +77,47 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<v1::Member> {
-        let Some(raft) = self.groups().rafts().first() else { return Vec::new() };
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, node)| v1::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
+        self.groups()
+            .members()
+            .into_iter()
+            .map(|member| v1::Member { id: member.id, address: member.address, voter: member.voter })
             .collect()
     }
 }
 
 async fn change_here(groups: &Groups, group: GroupId, change: &Change) -> Result<(), Status> {
-    let raft = groups.raft(group).map_err(crate::pb::group_error)?;
     let result = match change {
-        Change::AddLearner(node_id, address) => raft.add_learner(*node_id, BasicNode::new(address), true).await,
-        Change::Promote(node_id) => raft.change_membership(ChangeMembers::AddVoterIds([*node_id].into()), false).await,
-        Change::Remove(node_id) => {
-            let voters: BTreeSet<u64> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-            // `retain: false` drops a removed voter from the nodes too, so it gets no more traffic.
-            let change = if voters.contains(node_id) {
-                ChangeMembers::RemoveVoters([*node_id].into())
-            } else {
-                ChangeMembers::RemoveNodes([*node_id].into())
-            };
-            raft.change_membership(change, false).await
+        Change::AddLearner(node_id, address) => {
+            groups.change_membership(group, MembershipChange::AddLearner(*node_id, address.clone())).await
         }
-        Change::TransferLeadership(node_id) => {
-            return groups.transfer_leadership(group, *node_id).await.map_err(crate::pb::group_error);
-        }
+        Change::Promote(node_id) => groups.change_membership(group, MembershipChange::Promote(*node_id)).await,
+        Change::Remove(node_id) => groups.change_membership(group, MembershipChange::Remove(*node_id)).await,
+        Change::TransferLeadership(node_id) => groups.transfer_leadership(group, *node_id).await,
     };
-    result.map(|_| ()).map_err(|error| status(Code::FailedPrecondition, "MEMBERSHIP", error.to_string()))
+    result.map_err(crate::pb::group_error)
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         let groups = self.groups();
-        let partitions = groups
-            .rafts()
-            .iter()
-            .enumerate()
-            .map(|(group, raft)| {
-                let metrics = raft.metrics().borrow().clone();
-                v1::PartitionStatus {
-                    partition: group as u32,
-                    leader: metrics.current_leader.unwrap_or(0),
-                    term: metrics.current_term,
-                    last_log_index: metrics.last_log_index.unwrap_or(0),
-                    applied_index: metrics.last_applied.map_or(0, |id| id.index),
-                    applied_offset: groups.applied_offset(group as u32),
-                    role: match metrics.state {
-                        ServerState::Leader => "leader",
-                        ServerState::Follower => "follower",
-                        ServerState::Candidate => "candidate",
-                        ServerState::Learner => "learner",
-                        ServerState::Shutdown => "shutdown",
-                    }
-                    .to_owned(),
-                }
+        let partitions = (0..groups.group_count())
+            .map(|group| {
+                let status = groups.status(group).map_err(crate::pb::group_error)?;
+                Ok(v1::PartitionStatus {
+                    partition: group,
+                    leader: status.leader.unwrap_or(0),
+                    term: status.term,
+                    last_log_index: status.last_log_index,
+                    applied_index: status.applied_index,
+                    applied_offset: status.applied.next_offset,
+                    role: status.role.to_owned(),
+                    tail_epoch: status.applied.epoch.0,
+                    sealed_offset: status.last_sealed.map_or(0, |s| s.next_offset),
+                    sealed_chain_checksum: status.last_sealed.map_or(0, |s| s.chain_checksum),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, Status>>()?;
         let wal = groups.wal_sync_stats();
         Ok(Response::new(v1::StatusResponse {
             node_id: groups.node(),
@@ -152,6 +126,7 @@ impl Cluster for ClusterService {
             partitions,
             wal_syncs: wal.syncs(),
             wal_synced_log_appends: wal.appends(),
+            cluster_id: groups.segments().cluster_id().map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fjord_log::Direction;
 use fjord_log::LogStore;
+use fjord_log::ReadBarrier;
 use fjord_log::RecordedEvent;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_server::EventStore;
@@ -56,7 +57,7 @@ impl EventStoreService {
         }
         match self.router.leader(group, metadata).await? {
             Leader::Local => {
-                self.router.groups().read_barrier(group).await.map_err(pb::group_error)?;
+                self.router.groups().wait_readable(group).await.map_err(pb::barrier_error)?;
                 Ok(Leader::Local)
             }
             remote => Ok(remote),

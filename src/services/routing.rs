@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use fjord_proto::v1::event_store_client::EventStoreClient;
 use fjord_raft::GroupId;
-use fjord_raft::NodeId;
 use fjord_raft::groups::Groups;
 use fjord_raft::network::MAX_MESSAGE_BYTES;
 use fjord_raft::network::PeerChannels;
@@ -50,13 +49,7 @@ impl Router {
     /// The leader of `group`, waiting for an election if none is known. A request that was already
     /// forwarded once is not forwarded again (the leader moved while it travelled).
     pub async fn leader(&self, group: GroupId, metadata: &MetadataMap) -> Result<Leader, Status> {
-        let raft = self.groups.raft(group).map_err(crate::pb::group_error)?;
-        let metrics =
-            raft.wait(Some(LEADER_WAIT))
-                .metrics(|m| m.current_leader.is_some(), "a leader is known")
-                .await
-                .map_err(|_| status(Code::Unavailable, "NO_LEADER", format!("partition {group} has no leader")))?;
-        let leader: NodeId = metrics.current_leader.unwrap_or_default();
+        let (leader, address) = self.groups.leader(group, LEADER_WAIT).await.map_err(crate::pb::group_error)?;
         if leader == self.groups.node() {
             return Ok(Leader::Local);
         }
@@ -67,12 +60,8 @@ impl Router {
                 format!("the leader of partition {group} changed while the request was in flight; retry"),
             ));
         }
-        let address = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())
-            .ok_or_else(|| status(Code::Unavailable, "NO_LEADER", format!("leader {leader} has no address")))?;
+        let address =
+            address.ok_or_else(|| status(Code::Unavailable, "NO_LEADER", format!("leader {leader} has no address")))?;
         Ok(Leader::Remote(self.peers.channel(leader, &address)))
     }
 }

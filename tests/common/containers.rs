@@ -27,7 +27,7 @@ use super::hosts::output;
 use super::hosts::run;
 
 /// One region's Docker network and containers; removed when dropped.
-pub struct Network {
+pub(crate) struct Network {
     /// The network's name, and the prefix of its containers' names.
     tag: String,
     /// First three octets of every address.
@@ -42,7 +42,7 @@ pub struct Network {
 impl Network {
     /// Creates the region's network (removing what earlier test runs left) and, if this machine lacks it, the
     /// image that runs `program`.
-    pub fn create(region: RegionTag, ids: &[u64], program: &Path) -> Network {
+    pub(crate) fn create(region: RegionTag, ids: &[u64], program: &Path) -> Network {
         remove_leftovers(&region);
         let network = Network {
             tag: region.name(),
@@ -57,7 +57,7 @@ impl Network {
     }
 
     /// Node `id`'s address.
-    pub fn address(&self, id: u64) -> String {
+    pub(crate) fn address(&self, id: u64) -> String {
         format!("{}.{id}", self.subnet)
     }
 
@@ -73,7 +73,7 @@ impl Network {
     /// Creates node `id`'s container (removing the one from its last run) and returns the `docker start`
     /// that runs it attached: the command's stderr is the node's, and it exits when the node does. The
     /// container exists before this returns, so [`Self::kill`] finds it whenever it comes.
-    pub fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
+    pub(crate) fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
         let container = self.container(id);
         run(&["docker", "rm", "--force", &container]);
         let mut create = vec!["docker", "create", "--name", &container, "--network", &self.tag];
@@ -101,12 +101,12 @@ impl Network {
 
     /// Kills node `id` (SIGKILL to its processes) and removes its container, whatever state it is in:
     /// created, running or paused. Its attached client exits.
-    pub fn kill(&self, id: u64) {
+    pub(crate) fn kill(&self, id: u64) {
         self.kill_all_of(&[id]);
     }
 
     /// Kills every node at once, as [`Self::kill`] does one.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         self.kill_all_of(&self.ids);
     }
 
@@ -120,13 +120,13 @@ impl Network {
     }
 
     /// Freezes every process of node `id`'s container, or thaws them.
-    pub fn pause(&self, id: u64, pause: bool) {
+    pub(crate) fn pause(&self, id: u64, pause: bool) {
         run(&["docker", if pause { "pause" } else { "unpause" }, &self.container(id)]);
     }
 
     /// Cuts node `id` off from every other node (clients still reach it): its packets to its peers and
     /// theirs to it are dropped, so connections between them hang until they time out.
-    pub fn isolate(&self, id: u64) {
+    pub(crate) fn isolate(&self, id: u64) {
         let peers: Vec<String> = self.ids.iter().filter(|peer| **peer != id).map(|peer| self.address(*peer)).collect();
         if peers.is_empty() {
             return;
@@ -139,14 +139,14 @@ impl Network {
     }
 
     /// Makes node `id`'s connections to its peers reset about `percent` % of the TCP packets it sends them.
-    pub fn make_flaky(&self, id: u64, percent: u32) {
+    pub(crate) fn make_flaky(&self, id: u64, percent: u32) {
         let rule = flaky_rule(&format!("ip daddr != {}", self.gateway()), percent);
         self.add_rules(id, &[format!("output {rule}")]);
     }
 
     /// Every rule of ours gone from every node's network namespace. A node is forgotten only once its
     /// rules are gone, or its container (and with it the namespace) is.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         let faulted: Vec<u64> = self.faulted.lock().unwrap().iter().copied().collect();
         for id in faulted {
             if let Some(pid) = self.running_pid(id) {

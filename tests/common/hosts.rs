@@ -23,12 +23,12 @@ use super::netns;
 /// Name prefix of the namespaces, links, networks and containers the host kinds create.
 const PREFIX: &str = "fj";
 /// Our nftables table in a node's network namespace (Docker keeps tables of its own there; we leave them be).
-pub const NFT_TABLE: &str = "inet fjord";
+pub(crate) const NFT_TABLE: &str = "inet fjord";
 /// The port every node listens on (each has an address of its own).
-pub const NODE_PORT: u16 = 7000;
+pub(crate) const NODE_PORT: u16 = 7000;
 
 /// A region's hosts: where its nodes run, and the network between them.
-pub enum Hosts {
+pub(crate) enum Hosts {
     /// A Docker container per node.
     Containers(containers::Network),
     /// A network namespace per node.
@@ -36,20 +36,20 @@ pub enum Hosts {
 }
 
 /// How to start one node: the same program, arguments, environment and files, whatever host it runs on.
-pub struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     /// The `fjord` binary.
-    pub program: &'a Path,
+    pub(crate) program: &'a Path,
     /// Its arguments.
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// Its environment, besides what it inherits (a container inherits nothing).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// Paths the node reads or writes (its data dir, its config): a container sees them at the same path.
-    pub paths: Vec<&'a Path>,
+    pub(crate) paths: Vec<&'a Path>,
 }
 
 impl Launch<'_> {
     /// `command` (which runs the program) given the launch's arguments and environment.
-    pub fn with_args_and_env(&self, mut command: Command) -> Command {
+    pub(crate) fn with_args_and_env(&self, mut command: Command) -> Command {
         command.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
@@ -58,7 +58,7 @@ impl Launch<'_> {
 impl Hosts {
     /// A host per id in `ids`, each reachable from here and from every other at [`Self::address`]; the
     /// kind as `FJORD_TEST_HOSTS` says, else containers when a Docker engine answers, else namespaces.
-    pub fn create(ids: &[u64], program: &Path) -> Hosts {
+    pub(crate) fn create(ids: &[u64], program: &Path) -> Hosts {
         static REGIONS: AtomicU64 = AtomicU64::new(0);
         let region = RegionTag::new(REGIONS.fetch_add(1, Ordering::Relaxed));
         let containers = match std::env::var("FJORD_TEST_HOSTS").as_deref() {
@@ -75,7 +75,7 @@ impl Hosts {
     }
 
     /// What the hosts are, for a person reading a run's summary.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Hosts::Containers(_) => "Docker containers",
             Hosts::Namespaces(_) => "network namespaces",
@@ -83,7 +83,7 @@ impl Hosts {
     }
 
     /// Node `id`'s address.
-    pub fn address(&self, id: u64) -> String {
+    pub(crate) fn address(&self, id: u64) -> String {
         match self {
             Hosts::Containers(network) => network.address(id),
             Hosts::Namespaces(network) => network.address(id),
@@ -91,7 +91,7 @@ impl Hosts {
     }
 
     /// A command that runs node `id` as `launch` says; its stdout and stderr are the node's.
-    pub fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
+    pub(crate) fn command(&self, id: u64, launch: &Launch<'_>) -> Command {
         match self {
             Hosts::Containers(network) => network.command(id, launch),
             Hosts::Namespaces(network) => launch.with_args_and_env(network.command(id, launch.program)),
@@ -99,7 +99,7 @@ impl Hosts {
     }
 
     /// Kills node `id`, whose process the test spawned as `child`, with SIGKILL, and reaps `child`.
-    pub fn kill(&self, id: u64, child: &mut Child) {
+    pub(crate) fn kill(&self, id: u64, child: &mut Child) {
         match self {
             Hosts::Containers(network) => {
                 network.kill(id);
@@ -111,14 +111,14 @@ impl Hosts {
 
     /// Kills every node at once, where one at a time would leave the last running for long (a container
     /// takes a round trip to the engine); [`Self::kill`] then only reaps each. Namespaces need nothing here.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         if let Hosts::Containers(network) = self {
             network.kill_all();
         }
     }
 
     /// Freezes node `id`, whose process the test spawned as `child` (or thaws it).
-    pub fn pause(&self, id: u64, child: &Child, pause: bool) {
+    pub(crate) fn pause(&self, id: u64, child: &Child, pause: bool) {
         match self {
             Hosts::Containers(network) => network.pause(id, pause),
             Hosts::Namespaces(_) => pause_process(child, pause),
@@ -126,7 +126,7 @@ impl Hosts {
     }
 
     /// Cuts node `id` off from every other node (clients still reach it).
-    pub fn isolate(&self, id: u64) {
+    pub(crate) fn isolate(&self, id: u64) {
         match self {
             Hosts::Containers(network) => network.isolate(id),
             Hosts::Namespaces(network) => network.isolate(id),
@@ -134,7 +134,7 @@ impl Hosts {
     }
 
     /// Makes node `id`'s connections to its peers reset about `percent` % of the TCP packets it sends them.
-    pub fn make_flaky(&self, id: u64, percent: u32) {
+    pub(crate) fn make_flaky(&self, id: u64, percent: u32) {
         match self {
             Hosts::Containers(network) => network.make_flaky(id, percent),
             Hosts::Namespaces(network) => network.make_flaky(id, percent),
@@ -142,7 +142,7 @@ impl Hosts {
     }
 
     /// Every link whole again and every flaky rule gone.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         match self {
             Hosts::Containers(network) => network.heal(),
             Hosts::Namespaces(network) => network.heal(),
@@ -152,7 +152,7 @@ impl Hosts {
 
 /// The name and subnet numbers of one region's hosts, unique per test process and region.
 #[derive(Clone, Copy)]
-pub struct RegionTag {
+pub(crate) struct RegionTag {
     pid: u32,
     region: u64,
 }
@@ -163,19 +163,19 @@ impl RegionTag {
     }
 
     /// `fj<pid in hex>x<region>`: the prefix of every name the region's hosts use.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{PREFIX}{:x}x{}", self.pid, self.region)
     }
 
     /// The first three octets of the region's addresses: `10.<base + region % 50>.<pid % 250>`, so the
     /// regions of one process do not share a subnet, nor do those of processes whose pids differ mod 250.
-    pub fn subnet(&self, base: u64) -> String {
+    pub(crate) fn subnet(&self, base: u64) -> String {
         format!("10.{}.{}", base + self.region % 50, self.pid % 250)
     }
 
     /// Whether `name` is to be removed before this region's hosts are made: made by a test process that is
     /// gone, or carrying this region's own name (left by an earlier process that had our pid).
-    pub fn is_leftover(&self, name: &str) -> bool {
+    pub(crate) fn is_leftover(&self, name: &str) -> bool {
         let own = self.name();
         if name == own || name.strip_prefix(&own).is_some_and(|rest| rest.starts_with('n')) {
             return true;
@@ -187,31 +187,31 @@ impl RegionTag {
 }
 
 /// SIGKILL to `child`, and reaps it.
-pub fn kill_process(child: &mut Child) {
+pub(crate) fn kill_process(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
 
 /// SIGSTOP (`pause: true`) or SIGCONT to `child`.
-pub fn pause_process(child: &Child, pause: bool) {
+pub(crate) fn pause_process(child: &Child, pause: bool) {
     run(&["kill", if pause { "-STOP" } else { "-CONT" }, &child.id().to_string()]);
 }
 
 /// Runs `args`, panicking with its stderr if it fails.
-pub fn run(args: &[&str]) {
+pub(crate) fn run(args: &[&str]) {
     let output = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
     assert!(output.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
 }
 
 /// Runs `args` and returns its stdout, or `None` if it could not run or failed.
-pub fn output(args: &[&str]) -> Option<String> {
+pub(crate) fn output(args: &[&str]) -> Option<String> {
     let output = Command::new(args[0]).args(&args[1..]).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The nftables rule that resets about `percent` % of the TCP packets a node sends its peers; `not_to_clients`
 /// is the match that spares the packets to the clients (whose link or address differs by host kind).
-pub fn flaky_rule(not_to_clients: &str, percent: u32) -> String {
+pub(crate) fn flaky_rule(not_to_clients: &str, percent: u32) -> String {
     format!("{not_to_clients} meta l4proto tcp numgen random mod 100 < {percent} reject with tcp reset")
 }
 

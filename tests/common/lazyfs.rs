@@ -61,7 +61,7 @@ const PAGE: u64 = 4096;
 const TTL: Duration = Duration::ZERO;
 
 /// A mounted lazy filesystem; unmounted when dropped.
-pub struct LazyFs {
+pub(crate) struct LazyFs {
     state: Arc<Mutex<State>>,
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
@@ -90,24 +90,22 @@ struct State {
     unsynced: HashMap<PathBuf, Unsynced>,
     /// Writes that grow a file fail with ENOSPC.
     full: bool,
-    /// Power losses simulated, files cut back, and unsynced bytes dropped, for the run's summary.
+    /// Files cut back and unsynced bytes dropped by power losses, for the run's summary.
     stats: LossStats,
 }
 
 /// What simulated power losses took back.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LossStats {
-    /// Power losses simulated.
-    pub losses: u64,
+pub(crate) struct LossStats {
     /// Files that had unsynced writes at a power loss.
-    pub files_rolled_back: u64,
+    pub(crate) files_rolled_back: u64,
     /// Bytes beyond the synced lengths that were dropped.
-    pub bytes_dropped: u64,
+    pub(crate) bytes_dropped: u64,
 }
 
 impl LazyFs {
     /// Mounts a lazy view of `backing` at `mountpoint` (both directories, created if missing).
-    pub fn mount(backing: &Path, mountpoint: &Path) -> std::io::Result<LazyFs> {
+    pub(crate) fn mount(backing: &Path, mountpoint: &Path) -> std::io::Result<LazyFs> {
         remove_stale_mounts();
         std::fs::create_dir_all(backing)?;
         std::fs::create_dir_all(mountpoint)?;
@@ -124,18 +122,12 @@ impl LazyFs {
         Ok(LazyFs { state, mountpoint: mountpoint.to_owned(), session: Some(session) })
     }
 
-    /// Where the filesystem is mounted.
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Simulates a power loss: every file goes back to what its last fsync made durable. Call it only while
     /// no process uses the filesystem (kill them first), as a machine's power goes for everyone at once.
-    pub fn lose_unsynced_writes(&self) -> std::io::Result<()> {
+    pub(crate) fn lose_unsynced_writes(&self) -> std::io::Result<()> {
         let mut state = self.state.lock().unwrap();
         state.open_files.clear();
         let unsynced = std::mem::take(&mut state.unsynced);
-        state.stats.losses += 1;
         for (path, lost) in unsynced {
             let file = match std::fs::OpenOptions::new().write(true).open(state.backing.join(&path)) {
                 Ok(file) => file,
@@ -154,12 +146,12 @@ impl LazyFs {
     }
 
     /// Makes writes that grow a file fail with ENOSPC (`true`), or succeed again (`false`).
-    pub fn set_full(&self, full: bool) {
+    pub(crate) fn set_full(&self, full: bool) {
         self.state.lock().unwrap().full = full;
     }
 
     /// What simulated power losses have taken back so far.
-    pub fn stats(&self) -> LossStats {
+    pub(crate) fn stats(&self) -> LossStats {
         self.state.lock().unwrap().stats
     }
 }

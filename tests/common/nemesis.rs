@@ -25,7 +25,7 @@ use super::history::Violation;
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
+pub(crate) enum Fault {
     KillLeader,
     PauseLeader,
     PowerLoss,
@@ -37,7 +37,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault; those needing lazy filesystems only where the region has them.
-    pub fn all(region: &TestRegion) -> Vec<Fault> {
+    pub(crate) fn all(region: &TestRegion) -> Vec<Fault> {
         let mut faults = vec![Fault::KillLeader, Fault::PauseLeader];
         if !region.disks.is_empty() {
             faults.extend([Fault::PowerLoss, Fault::FullDisk]);
@@ -50,15 +50,15 @@ impl Fault {
 }
 
 /// A reproducible schedule: xorshift64* from a seed, no crate.
-pub struct Schedule(u64);
+pub(crate) struct Schedule(u64);
 
 impl Schedule {
-    pub fn new(seed: u64) -> Schedule {
+    pub(crate) fn new(seed: u64) -> Schedule {
         Schedule(seed.max(1))
     }
 
     /// A number in `0..below`.
-    pub fn next(&mut self, below: u64) -> u64 {
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -66,13 +66,13 @@ impl Schedule {
     }
 
     /// A while between `min_ms` and `min_ms + spread_ms`.
-    pub fn pause(&mut self, min_ms: u64, spread_ms: u64) -> Duration {
+    pub(crate) fn pause(&mut self, min_ms: u64, spread_ms: u64) -> Duration {
         Duration::from_millis(min_ms + self.next(spread_ms))
     }
 }
 
 /// Partition → leader, once every partition has a running one.
-pub async fn leaders(region: &TestRegion) -> BTreeMap<u32, u64> {
+pub(crate) async fn leaders(region: &TestRegion) -> BTreeMap<u32, u64> {
     loop {
         region.wait_for_leaders().await;
         if let Some(leaders) = region.leaders().await {
@@ -82,7 +82,7 @@ pub async fn leaders(region: &TestRegion) -> BTreeMap<u32, u64> {
 }
 
 /// Injects one `fault` and heals it, waiting for every partition to have a leader again.
-pub async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut Schedule) {
+pub(crate) async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut Schedule) {
     let leaders = leaders(region).await;
     let partition = schedule.next(u64::from(region.partitions)) as u32;
     let leader = leaders[&partition];
@@ -134,25 +134,25 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 }
 
 /// What a run did and what the checker found.
-pub struct Verdict {
-    pub summary: String,
-    pub violations: Vec<Violation>,
+pub(crate) struct Verdict {
+    pub(crate) summary: String,
+    pub(crate) violations: Vec<Violation>,
 }
 
 impl Verdict {
     /// Panics with the violations (and where the failing run was kept) unless there are none.
-    pub fn assert_clean(&self) {
+    pub(crate) fn assert_clean(&self) {
         assert!(self.violations.is_empty(), "{}:\n{}", self.summary, self.violations_text());
     }
 
-    pub fn violations_text(&self) -> String {
+    pub(crate) fn violations_text(&self) -> String {
         self.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
     }
 }
 
 /// Reads every node's partitions once the running nodes agree (or 30 s have passed), judges `history`
 /// against them, and keeps a failing run's history, data and logs for replay.
-pub async fn judge(region: &TestRegion, history: &History, faults: &BTreeMap<Fault, u64>, seed: u64) -> Verdict {
+pub(crate) async fn judge(region: &TestRegion, history: &History, faults: &BTreeMap<Fault, u64>, seed: u64) -> Verdict {
     let mut copies = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -22,7 +22,7 @@ use super::hosts::output;
 use super::hosts::run;
 
 /// The namespaces, links and addresses of one region's hosts; removed when dropped.
-pub struct Network {
+pub(crate) struct Network {
     /// Unique per region: `fj<pid in hex>x<n>`.
     tag: String,
     /// First three octets of every address.
@@ -50,7 +50,7 @@ fn remove_leftovers(region: &RegionTag) {
 
 impl Network {
     /// Creates a host per id in `ids`, each reachable from here and from every other at [`Self::address`].
-    pub fn create(region: RegionTag, ids: &[u64]) -> Network {
+    pub(crate) fn create(region: RegionTag, ids: &[u64]) -> Network {
         remove_leftovers(&region);
         let network =
             Network { tag: region.name(), subnet: region.subnet(100), ids: ids.to_vec(), cut: Default::default() };
@@ -94,7 +94,7 @@ impl Network {
     }
 
     /// The network namespace of node `id`.
-    pub fn namespace(&self, id: u64) -> String {
+    pub(crate) fn namespace(&self, id: u64) -> String {
         format!("{}n{id}", self.tag)
     }
 
@@ -104,7 +104,7 @@ impl Network {
     }
 
     /// Node `id`'s address.
-    pub fn address(&self, id: u64) -> String {
+    pub(crate) fn address(&self, id: u64) -> String {
         format!("{}.{id}", self.subnet)
     }
 
@@ -114,14 +114,14 @@ impl Network {
     }
 
     /// A command that runs `program` inside node `id`'s namespace (`ip netns exec` execs it: same pid).
-    pub fn command(&self, id: u64, program: &std::path::Path) -> Command {
+    pub(crate) fn command(&self, id: u64, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.namespace(id)]).arg(program);
         command
     }
 
     /// Takes the link between `a` and `b` down (or back up): neither can reach the other.
-    pub fn set_link(&self, a: u64, b: u64, up: bool) {
+    pub(crate) fn set_link(&self, a: u64, b: u64, up: bool) {
         let (a, b) = (a.min(b), a.max(b));
         run(&["ip", "-n", &self.namespace(a), "link", "set", &self.link(a, b), if up { "up" } else { "down" }]);
         let mut cut = self.cut.lock().unwrap();
@@ -140,20 +140,20 @@ impl Network {
     }
 
     /// Cuts node `id` off from every other node (clients still reach it).
-    pub fn isolate(&self, id: u64) {
+    pub(crate) fn isolate(&self, id: u64) {
         for &peer in self.ids.iter().filter(|peer| **peer != id) {
             self.set_link(id, peer, false);
         }
     }
 
     /// Makes node `id`'s links to its peers reset about `percent` % of the TCP packets it sends them.
-    pub fn make_flaky(&self, id: u64, percent: u32) {
+    pub(crate) fn make_flaky(&self, id: u64, percent: u32) {
         let rule = flaky_rule(&format!("oifname != \"{}\"", self.link(id, 0)), percent);
         run_in(&self.namespace(id), &["nft", &format!("add rule {NFT_TABLE} output {rule}")]);
     }
 
     /// Every link up and every flaky rule gone.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         let cut: Vec<(u64, u64)> = self.cut.lock().unwrap().iter().copied().collect();
         for (a, b) in cut {
             self.set_link(a, b, true);

@@ -28,10 +28,10 @@ use super::stream_length;
 /// How long a client waits for any answer before counting the outcome unknown.
 const PATIENCE: Duration = Duration::from_secs(10);
 /// The stream the contenders race on.
-pub const CONTENDED_STREAM: &str = "contended";
+pub(crate) const CONTENDED_STREAM: &str = "contended";
 
 /// Running clients.
-pub struct Workload {
+pub(crate) struct Workload {
     history: Arc<History>,
     stop: Arc<AtomicBool>,
     clients: Vec<JoinHandle<()>>,
@@ -39,7 +39,7 @@ pub struct Workload {
 
 impl Workload {
     /// Starts `writers` writers, `contenders` contenders and one reader against the nodes at `addresses`.
-    pub fn start(addresses: &[String], writers: usize, contenders: usize) -> Workload {
+    pub(crate) fn start(addresses: &[String], writers: usize, contenders: usize) -> Workload {
         let (history, stop) = (Arc::new(History::default()), Arc::new(AtomicBool::new(false)));
         let mut clients = Vec::new();
         for client in 0..writers {
@@ -62,13 +62,13 @@ impl Workload {
     }
 
     /// What the clients have done so far.
-    pub fn history(&self) -> &Arc<History> {
+    pub(crate) fn history(&self) -> &Arc<History> {
         &self.history
     }
 
     /// Stops the clients (each finishes the operation it is in, retrying until acknowledged) and returns the
     /// history.
-    pub async fn stop(self) -> Arc<History> {
+    pub(crate) async fn stop(self) -> Arc<History> {
         self.stop.store(true, Ordering::Relaxed);
         for client in self.clients {
             client.await.unwrap();

@@ -14,6 +14,7 @@ use super::SegmentHeader;
 use super::SegmentIndex;
 use super::SegmentSummary;
 use super::TRAILER_MAGIC;
+use super::fold_chain;
 use crate::error::Error;
 use crate::error::Result;
 use crate::event::RecordedEvent;
@@ -60,16 +61,14 @@ impl<W: Write> SegmentEncoder<W> {
         bytes.push(region_len);
         bytes.extend_from_slice(header.region.as_bytes());
         bytes.extend_from_slice(&header.partition.to_le_bytes());
-        bytes.extend_from_slice(&header.epoch.to_le_bytes());
         bytes.extend_from_slice(&header.base_offset.to_le_bytes());
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         write_all(&mut out, &bytes)?;
-        let chain = crc32c::crc32c_append(crc32c::crc32c(&previous_chain.to_le_bytes()), &crc.to_le_bytes());
         Ok(SegmentEncoder {
             out,
             written: bytes.len() as u64,
-            chain,
+            chain: previous_chain,
             base_offset: header.base_offset,
             batch_bytes: batch_bytes.max(1),
             last_offset: None,
@@ -102,6 +101,7 @@ impl<W: Write> SegmentEncoder<W> {
         let record_len = u32::try_from(self.pending.len() - len_at - 4)
             .map_err(|_| SegmentError::Encode("record larger than 4 GiB".to_owned()))?;
         self.pending[len_at..len_at + 4].copy_from_slice(&record_len.to_le_bytes());
+        self.chain = fold_chain(self.chain, &self.pending[len_at + 4..]);
         note_batch(&mut self.index.streams, &event.stream, ordinal);
         note_batch(&mut self.index.types, &event.event_type, ordinal);
         self.pending_records += 1;
@@ -132,7 +132,7 @@ impl<W: Write> SegmentEncoder<W> {
         }
         put_name_index(&mut body, &self.index.streams)?;
         put_name_index(&mut body, &self.index.types)?;
-        let chain = crc32c::crc32c_append(self.chain, &body);
+        let chain = self.chain;
         body.extend_from_slice(&chain.to_le_bytes());
         let body_len = u32::try_from(body.len()).map_err(|_| SegmentError::Encode("footer over 4 GiB".to_owned()))?;
         body.extend_from_slice(&body_len.to_le_bytes());
@@ -166,7 +166,6 @@ impl<W: Write> SegmentEncoder<W> {
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         write_all(&mut self.out, &bytes)?;
-        self.chain = crc32c::crc32c_append(self.chain, &crc.to_le_bytes());
         self.index.batches.push(BatchEntry {
             position: self.written,
             first_offset: self.pending_first,

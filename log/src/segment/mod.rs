@@ -12,6 +12,8 @@ mod encode;
 use std::collections::BTreeMap;
 
 pub use decode::Segment;
+pub use decode::SegmentReader;
+pub use decode::SegmentRecords;
 pub use decode::decode_segment;
 pub use encode::SegmentEncoder;
 pub use encode::encode_partition_range;
@@ -20,7 +22,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// The segment format version this code writes and reads.
-pub const SEGMENT_FORMAT_VERSION: u16 = 1;
+pub const SEGMENT_FORMAT_VERSION: u16 = 2;
 /// First four bytes of every segment.
 pub const HEADER_MAGIC: [u8; 4] = *b"FJSG";
 /// Last four bytes of every segment.
@@ -43,8 +45,6 @@ pub struct SegmentHeader {
     pub region: String,
     /// The partition.
     pub partition: u32,
-    /// The partition's epoch (a Raft term or a re-bootstrap count) when the segment was sealed.
-    pub epoch: u64,
     /// The first offset the segment covers.
     pub base_offset: u64,
 }
@@ -56,8 +56,18 @@ pub struct SegmentSummary {
     pub record_count: u64,
     /// The offset after the covered range.
     pub next_offset: u64,
-    /// The chain checksum: this segment folded onto the previous segment's chain checksum.
+    /// The chain checksum after the segment's last record: every record's CRC folded, in offset order,
+    /// onto the previous segment's chain checksum (see [`fold_chain`]).
     pub chain_checksum: u32,
+}
+
+/// Folds one encoded record (the bytes of log/FORMAT.md's "Record", whose last four are its CRC32C; the CRC
+/// alone will do) into a chain checksum. The chain of a partition at offset N folds every record below N onto [`CHAIN_SEED`], so
+/// it depends only on the records' bytes: every replica computes the same chain for the same offsets,
+/// whatever the Raft term, the segment boundaries or the node that sealed them.
+pub fn fold_chain(chain: u32, record: &[u8]) -> u32 {
+    let crc = record.len().checked_sub(4).map_or(&[][..], |at| &record[at..]);
+    crc32c::crc32c_append(chain, crc)
 }
 
 /// Where one record batch sits and what it covers.

@@ -11,13 +11,7 @@ use crate::event::RecordedEvent;
 use crate::record::tests::arb_event;
 
 fn header(base_offset: u64) -> SegmentHeader {
-    SegmentHeader {
-        cluster_id: Uuid::from_u128(0xF70D),
-        region: "eu-north".to_owned(),
-        partition: 3,
-        epoch: 7,
-        base_offset,
-    }
+    SegmentHeader { cluster_id: Uuid::from_u128(0xF70D), region: "eu-north".to_owned(), partition: 3, base_offset }
 }
 
 /// Events with strictly increasing offsets from `base`, with gaps when `gaps` is set.
@@ -126,9 +120,68 @@ fn version_and_magic_are_checked() {
     let (mut bytes, _) = encode(&[], 0, CHAIN_SEED, 64);
     assert!(matches!(decode_segment(b"nope", CHAIN_SEED), Err(Error::Segment(SegmentError::BadMagic { .. }))));
     // A future version with a valid header checksum is refused by version, not by checksum.
-    bytes[4] = 2;
-    let header_len = 4 + 2 + 2 + 16 + 1 + "eu-north".len() + 4 + 8 + 8;
+    bytes[4] = 3;
+    let header_len = 4 + 2 + 2 + 16 + 1 + "eu-north".len() + 4 + 8;
     let crc = crc32c::crc32c(&bytes[..header_len]);
     bytes[header_len..header_len + 4].copy_from_slice(&crc.to_le_bytes());
-    assert!(matches!(decode_segment(&bytes, CHAIN_SEED), Err(Error::Segment(SegmentError::UnsupportedVersion(2)))));
+    assert!(matches!(decode_segment(&bytes, CHAIN_SEED), Err(Error::Segment(SegmentError::UnsupportedVersion(3)))));
+}
+
+proptest! {
+    #[test]
+    fn the_chain_depends_only_on_the_records(
+        events in arb_run(0), cut in any::<prop::sample::Index>(), first_batch in 1usize..4096, second_batch in 1usize..4096,
+    ) {
+        prop_assume!(!events.is_empty());
+        let (_, whole) = encode_exact(&events, 0, CHAIN_SEED, first_batch, &header(0));
+        let cut = cut.index(events.len());
+        let split = events[cut].offset;
+        let (_, first) = encode_exact(&events[..cut], 0, CHAIN_SEED, second_batch, &header(0));
+        let other_cluster = SegmentHeader { cluster_id: Uuid::from_u128(1), region: "elsewhere".to_owned(), ..header(split) };
+        let (_, second) = encode_exact(&events[cut..], split, first.chain_checksum, first_batch, &other_cluster);
+        prop_assert_eq!(second.chain_checksum, whole.chain_checksum);
+    }
+}
+
+/// Encodes `events` as one segment ending right after the last event.
+fn encode_exact(
+    events: &[RecordedEvent],
+    base: u64,
+    previous_chain: u32,
+    batch_bytes: usize,
+    header: &SegmentHeader,
+) -> (Vec<u8>, SegmentSummary) {
+    let header = SegmentHeader { base_offset: base, ..header.clone() };
+    let mut encoder = SegmentEncoder::with_batch_bytes(Vec::new(), &header, previous_chain, batch_bytes).unwrap();
+    for event in events {
+        encoder.push(event).unwrap();
+    }
+    encoder.finish(events.last().map_or(base, |e| e.offset + 1)).unwrap()
+}
+
+#[test]
+fn a_reader_reads_only_the_batches_of_one_stream() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let events: Vec<RecordedEvent> = (0..60u64)
+        .map(|offset| {
+            let mut event = arb_event().new_tree(&mut runner).unwrap().current();
+            event.offset = offset;
+            event.stream = if offset % 20 == 7 { "rare-1".to_owned() } else { format!("common-{}", offset % 3) };
+            event
+        })
+        .collect();
+    let (bytes, _) = encode(&events, 0, CHAIN_SEED, 512);
+    let mut reader = SegmentReader::open(std::io::Cursor::new(&bytes)).unwrap();
+    let batches = reader.batches_of_stream("rare-1").to_vec();
+    assert!(batches.len() < reader.index().batches.len(), "the index must let a reader skip batches");
+    let mut found = Vec::new();
+    for ordinal in batches {
+        found.extend(reader.read_batch(ordinal).unwrap().into_iter().filter(|e| e.stream == "rare-1"));
+    }
+    let expected: Vec<_> = events.iter().filter(|e| e.stream == "rare-1").cloned().collect();
+    assert_eq!(found, expected);
+    assert!(reader.batches_of_stream("absent-1").is_empty());
+    // Reading every batch in order verifies the chain.
+    let all: Vec<_> = reader.records(CHAIN_SEED).collect::<Result<_, _>>().unwrap();
+    assert_eq!(all, events);
 }

@@ -3,23 +3,22 @@
 //! without a new term, and its state machine lost the unsynced apply of the last entries; a read barrier
 //! that trusted the commit index it restarts with served a stale read. The mixed-fault run found it.)
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::RegionOptions;
-use common::TestRegion;
-use common::append;
-use common::read_stream;
+use crate::common::FAULT_TESTS;
+use crate::common::RegionOptions;
+use crate::common::TestRegion;
+use crate::common::append;
+use crate::common::nemesis;
+use crate::common::read_stream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_acknowledged_just_before_a_power_loss_is_read_right_after_it() {
+    let _turn = FAULT_TESTS.lock().await;
     let options = RegionOptions { lazy_disks: true, ..RegionOptions::default() };
     let mut region = TestRegion::start_with_options(3, 1, &options).await;
     for round in 0..3u128 {
-        let leader = common::nemesis::leaders(&region).await[&0];
+        let leader = nemesis::leaders(&region).await[&0];
         let mut store = region.node(leader).store().await;
         for seq in 0..10u128 {
             store.append(append("acknowledged", None, &[round * 100 + seq + 1])).await.unwrap();

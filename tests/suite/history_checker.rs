@@ -1,20 +1,17 @@
 //! The history checker is only as good as what it catches: each test hands it a history and stored data
 //! with one planted fault and expects exactly that violation, and a clean history to pass.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::history::AppendOp;
-use common::history::History;
-use common::history::Outcome;
-use common::history::ReadOp;
-use common::history::Violation;
 use fjord_proto::v1;
+
+use crate::common::history::AppendOp;
+use crate::common::history::History;
+use crate::common::history::Outcome;
+use crate::common::history::ReadOp;
+use crate::common::history::Violation;
 
 fn position(offset: u64, revision: u64) -> v1::EventPosition {
     v1::EventPosition { partition: 0, offset, revision }

@@ -1,21 +1,18 @@
 //! A 3-node region of real `fjord server` processes on loopback, driven through real gRPC clients.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestRegion;
-use common::append;
-use common::read_stream;
-use common::reason;
 use fjord_proto::v1;
 use fjord_proto::v1::expected_revision::Kind;
 use tokio::sync::Mutex;
+
+use crate::common::TestRegion;
+use crate::common::append;
+use crate::common::read_stream;
+use crate::common::reason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_and_reads_through_every_node() {

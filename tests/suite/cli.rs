@@ -1,12 +1,8 @@
 //! The command-line client against a running region: `fjord append`, `fjord read`, `fjord status`.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::process::Command;
 
-use common::TestRegion;
+use crate::common::TestRegion;
 
 fn fjord(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_fjord")).args(args).output().unwrap();

@@ -2,17 +2,14 @@
 //! falls back to v1alpha; Postman, evans and Python's grpcio-reflection ask v1alpha) lists every public
 //! service and describes its files, and the standard health service reports the event store serving.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::TestRegion;
-use common::channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1;
 use tonic_reflection::pb::v1alpha;
+
+use crate::common::TestRegion;
+use crate::common::channel;
 
 const PUBLIC_SERVICES: [&str; 2] = ["fjord.v1.EventStore", "fjord.v1.Cluster"];
 

@@ -1,18 +1,15 @@
 //! Membership: a fourth node joins a running region, catches up by snapshot and log, and serves reads;
 //! a removed node stops receiving traffic; leadership moves to a named voter while writers keep writing.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::TestRegion;
-use common::append;
-use common::read_stream;
-use common::reason;
-use common::stream_ids;
 use fjord_proto::v1;
+
+use crate::common::TestRegion;
+use crate::common::append;
+use crate::common::read_stream;
+use crate::common::reason;
+use crate::common::stream_ids;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_catches_up_and_a_removed_node_stops_receiving() {

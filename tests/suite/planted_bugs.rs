@@ -2,25 +2,20 @@
 //! honoured by debug builds only; see `fjord_log::planted`), drives the region into the fault that exposes
 //! it, and demands that the checker report the violation the bug causes.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::RegionOptions;
-use common::TestRegion;
-use common::append;
-use common::history::AppendOp;
-use common::history::Outcome;
-use common::history::Violation;
-use common::nemesis;
-use common::nemesis::Fault;
-use common::workload::Workload;
-
-/// Three regions at once would starve each other on a small machine: the tests take turns.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::common::FAULT_TESTS;
+use crate::common::RegionOptions;
+use crate::common::TestRegion;
+use crate::common::append;
+use crate::common::history::AppendOp;
+use crate::common::history::History;
+use crate::common::history::Outcome;
+use crate::common::history::Violation;
+use crate::common::nemesis;
+use crate::common::nemesis::Fault;
+use crate::common::workload::Workload;
 
 /// Nodes with `bug` planted, on lazy disks if the fault needs them.
 fn planted(bug: &str, lazy_disks: bool) -> RegionOptions {
@@ -37,7 +32,7 @@ fn has(violations: &[Violation], wanted: fn(&Violation) -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledging_before_fsync_loses_events_at_a_power_loss() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = FAULT_TESTS.lock().await;
     let mut region = TestRegion::start_with_options(3, 1, &planted("ack-before-fsync", true)).await;
     let addresses: Vec<String> = region.nodes.iter().map(|n| n.address.clone()).collect();
     let workload = Workload::start(&addresses, 4, 0);
@@ -57,7 +52,7 @@ async fn acknowledging_before_fsync_loses_events_at_a_power_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledging_before_a_majority_loses_events_when_the_leader_dies() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = FAULT_TESTS.lock().await;
     let mut region = TestRegion::start_with_options(3, 1, &planted("ack-before-majority", false)).await;
     let leader = nemesis::leaders(&region).await[&0];
     let followers: Vec<u64> = region.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
@@ -65,7 +60,7 @@ async fn acknowledging_before_a_majority_loses_events_when_the_leader_dies() {
         region.node(*follower).signal_pause(true);
     }
     // With both followers stopped no majority can have these; a correct leader would never acknowledge them.
-    let history = common::history::History::default();
+    let history = History::default();
     let mut store = region.node(leader).store().await;
     for seq in 1..=5u128 {
         let ids = [seq];
@@ -108,7 +103,7 @@ async fn acknowledging_before_a_majority_loses_events_when_the_leader_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skipping_the_expected_revision_check_crowns_two_winners() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = FAULT_TESTS.lock().await;
     let region = TestRegion::start_with_options(3, 1, &planted("skip-expected-revision", false)).await;
     let addresses: Vec<String> = region.nodes.iter().map(|n| n.address.clone()).collect();
     let workload = Workload::start(&addresses, 0, 3);

@@ -1,14 +1,12 @@
 //! `fjord dev` as a newcomer runs it: the real binary, real data directories, its real output, Ctrl-C.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::BufRead;
 use std::io::BufReader;
 use std::path::Path;
 use std::process::Command;
 use std::process::Stdio;
+
+use crate::common::free_ports;
 
 /// Runs `fjord dev` in `cwd` until it says it is ready, then sends SIGINT; returns what it printed.
 fn run_dev(cwd: &Path, port: u16) -> String {
@@ -43,7 +41,7 @@ fn run_dev(cwd: &Path, port: u16) -> String {
 
 /// Three consecutive free ports: `fjord dev` takes the one given and the next two.
 fn dev_port() -> u16 {
-    common::free_ports(3)
+    free_ports(3)
 }
 
 #[test]

@@ -11,19 +11,16 @@
 //! the nodes' log filter; `tests/soak` runs a long one. A failing run keeps its history, data and node logs
 //! in the temp dir.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::RegionOptions;
-use common::TestRegion;
-use common::nemesis;
-use common::nemesis::Fault;
-use common::nemesis::Schedule;
-use common::workload::Workload;
+use crate::common::FAULT_TESTS;
+use crate::common::RegionOptions;
+use crate::common::TestRegion;
+use crate::common::nemesis;
+use crate::common::nemesis::Fault;
+use crate::common::nemesis::Schedule;
+use crate::common::workload::Workload;
 
 fn from_env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -31,6 +28,7 @@ fn from_env(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_faults_break_no_promise_the_history_checker_knows() {
+    let _turn = FAULT_TESTS.lock().await;
     let (cycles, seed) = (from_env("FJORD_FAULT_CYCLES", 50), from_env("FJORD_FAULT_SEED", 1));
     // `FJORD_FAULT_NODE_LOG` sets the nodes' log filter (default `warn`) when a failure needs a closer look.
     let env = std::env::var("FJORD_FAULT_NODE_LOG").map(|filter| vec![("FJORD_LOG".to_owned(), filter)]);
