@@ -10,6 +10,7 @@ use fjord_log::ProposedEvent;
 use fjord_log::ReadBarrierError;
 use fjord_log::RecordedEvent;
 use fjord_log::Rejection;
+use fjord_log::Revision;
 use fjord_log::StatusKind;
 use fjord_proto::v1;
 use fjord_proto::v1::expected_revision::Kind;
@@ -43,7 +44,7 @@ pub fn append_request(request: v1::AppendRequest) -> Result<AppendRequest, Statu
         None | Some(Kind::Any(_)) => ExpectedRevision::Any,
         Some(Kind::NoStream(_)) => ExpectedRevision::NoStream,
         Some(Kind::StreamExists(_)) => ExpectedRevision::StreamExists,
-        Some(Kind::Exact(revision)) => ExpectedRevision::Exact(revision),
+        Some(Kind::Exact(revision)) => ExpectedRevision::Exact(Revision(revision)),
     };
     let events = request
         .events
@@ -75,19 +76,19 @@ pub fn append_request(request: v1::AppendRequest) -> Result<AppendRequest, Statu
 
 /// A successful append as the client sees it.
 pub fn append_response(outcome: &AppendOutcome, region: &str) -> v1::AppendResponse {
-    let last = outcome.positions.last().map_or(0, |p| p.offset);
+    let last = outcome.positions.last().map_or(0, |p| p.offset.0);
     v1::AppendResponse {
         positions: outcome
             .positions
             .iter()
-            .map(|p| v1::EventPosition { partition: outcome.partition, offset: p.offset, revision: p.revision })
+            .map(|p| v1::EventPosition { partition: outcome.partition.0, offset: p.offset.0, revision: p.revision.0 })
             .collect(),
-        revision: outcome.revision,
+        revision: outcome.revision.0,
         commit_time_micros: outcome.commit_time_micros,
         deduplicated: outcome.deduplicated,
         token: Some(v1::ConsistencyToken {
             region: region.to_owned(),
-            partition_offsets: HashMap::from([(outcome.partition, last + 1)]),
+            partition_offsets: HashMap::from([(outcome.partition.0, last + 1)]),
         }),
     }
 }
@@ -101,7 +102,7 @@ pub fn recorded_event(event: RecordedEvent, partition: u32) -> v1::RecordedEvent
         content_type: event.content_type,
         data: event.data,
         metadata: event.metadata.into_iter().collect(),
-        position: Some(v1::EventPosition { partition, offset: event.offset, revision: event.revision }),
+        position: Some(v1::EventPosition { partition, offset: event.offset.0, revision: event.revision.0 }),
         timestamp_micros: event.timestamp_micros,
     }
 }
@@ -136,7 +137,7 @@ pub fn barrier_error(error: ReadBarrierError) -> Status {
 pub fn rejection_status(rejection: &Rejection) -> Status {
     let mut status = status(code_of(rejection.status_kind()), rejection.reason(), rejection.to_string());
     if let Rejection::WrongExpectedRevision { current: Some(current), .. } = rejection {
-        status.metadata_mut().insert(CURRENT_REVISION_KEY, MetadataValue::from(*current));
+        status.metadata_mut().insert(CURRENT_REVISION_KEY, MetadataValue::from(current.0));
     }
     status
 }

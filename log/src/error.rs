@@ -12,6 +12,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::event::ExpectedRevision;
+use crate::ids::PartitionId;
+use crate::ids::Revision;
 use crate::segment::SegmentError;
 
 /// The result type of this crate.
@@ -140,7 +142,7 @@ pub enum Rejection {
         /// What the append expected.
         expected: ExpectedRevision,
         /// The stream's current revision, `None` when it has no events.
-        current: Option<u64>,
+        current: Option<Revision>,
     },
     /// An event id already in the stream was sent again with different content.
     #[error("event id {id} is already in stream {stream} at revision {revision} with different content")]
@@ -150,7 +152,7 @@ pub enum Rejection {
         /// The reused id.
         id: Uuid,
         /// Where the original event is.
-        revision: u64,
+        revision: Revision,
     },
     /// Some events of the append were appended before and some are new: not a faithful retry.
     #[error(
@@ -177,9 +179,9 @@ pub enum Rejection {
         /// The stream.
         stream: String,
         /// The partition the stream hashes to.
-        expected: u32,
+        expected: PartitionId,
         /// The partition the append reached.
-        actual: u32,
+        actual: PartitionId,
     },
 }
 
@@ -228,7 +230,7 @@ impl Rejection {
     }
 }
 
-fn describe_head(current: Option<u64>) -> String {
+fn describe_head(current: Option<Revision>) -> String {
     match current {
         Some(revision) => format!("at revision {revision}"),
         None => "absent (no events)".to_owned(),

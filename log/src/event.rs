@@ -7,6 +7,10 @@ use serde::Deserialize;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::ids::Offset;
+use crate::ids::PartitionId;
+use crate::ids::Revision;
+
 /// The content type assumed when an event does not name one.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
@@ -54,12 +58,12 @@ pub enum ExpectedRevision {
     /// The stream must have at least one event.
     StreamExists,
     /// The stream's last event must be at exactly this revision.
-    Exact(u64),
+    Exact(Revision),
 }
 
 impl ExpectedRevision {
     /// Whether a stream whose last revision is `current` (`None`: no events) meets this expectation.
-    pub fn is_met_by(self, current: Option<u64>) -> bool {
+    pub fn is_met_by(self, current: Option<Revision>) -> bool {
         match self {
             ExpectedRevision::Any => true,
             ExpectedRevision::NoStream => current.is_none(),
@@ -108,9 +112,9 @@ pub struct RecordedEvent {
     /// Free-form string pairs.
     pub metadata: BTreeMap<String, String>,
     /// Dense per partition, from 0, never reused.
-    pub offset: u64,
+    pub offset: Offset,
     /// Dense per stream, from 0.
-    pub revision: u64,
+    pub revision: Revision,
     /// Commit time set by the writer, microseconds since the Unix epoch; never decreases within a partition.
     pub timestamp_micros: i64,
 }
@@ -141,20 +145,20 @@ pub fn category_of(stream: &str) -> &str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPosition {
     /// Offset in the partition.
-    pub offset: u64,
+    pub offset: Offset,
     /// Revision in the stream.
-    pub revision: u64,
+    pub revision: Revision,
 }
 
 /// What a successful append returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendOutcome {
     /// The partition the stream lives in.
-    pub partition: u32,
+    pub partition: PartitionId,
     /// Where each event of the append landed, in order.
     pub positions: Vec<EventPosition>,
     /// The stream's revision after the append (the last event's revision).
-    pub revision: u64,
+    pub revision: Revision,
     /// The commit time of the events, microseconds since the Unix epoch.
     pub commit_time_micros: i64,
     /// True when this was a retry: the events were already stored and nothing was written.
@@ -165,9 +169,9 @@ pub struct AppendOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamHead {
     /// The partition the stream lives in.
-    pub partition: u32,
+    pub partition: PartitionId,
     /// The revision of the stream's last event.
-    pub revision: u64,
+    pub revision: Revision,
     /// The partition offset of the stream's last event.
-    pub last_offset: u64,
+    pub last_offset: Offset,
 }

@@ -165,7 +165,7 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, partition = self.log.partition(), "append batch failed; nothing written");
+                tracing::error!(%error, partition = %self.log.partition(), "append batch failed; nothing written");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -190,6 +190,7 @@ mod tests {
     use super::*;
     use crate::event::ExpectedRevision;
     use crate::event::ProposedEvent;
+    use crate::ids::Revision;
     use crate::read::Direction;
     use crate::store::StoreOptions;
 
@@ -218,17 +219,20 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let stream = format!("w-{writer}");
                 for revision in 0..20u64 {
-                    let expected =
-                        if revision == 0 { ExpectedRevision::NoStream } else { ExpectedRevision::Exact(revision - 1) };
+                    let expected = if revision == 0 {
+                        ExpectedRevision::NoStream
+                    } else {
+                        ExpectedRevision::Exact(Revision(revision - 1))
+                    };
                     let outcome = appender.append(request(&stream, expected)).await.unwrap();
-                    assert_eq!(outcome.revision, revision);
+                    assert_eq!(outcome.revision, Revision(revision));
                 }
             }));
         }
         for task in tasks {
             task.await.unwrap();
         }
-        let total: u64 = store.partitions().iter().map(|p| p.next_offset()).sum();
+        let total: u64 = store.partitions().iter().map(|p| p.next_offset().0).sum();
         assert_eq!(total, 32 * 20);
         assert_eq!(appender.stats().appends.load(Ordering::Relaxed), 32 * 20);
         assert!(appender.stats().batches.load(Ordering::Relaxed) <= 32 * 20);
@@ -236,8 +240,8 @@ mod tests {
             let stream = format!("w-{writer}");
             let revisions: Vec<u64> = store
                 .partition_for(&stream)
-                .read_stream(&stream, 0, Direction::Forward, u64::MAX)
-                .map(|e| e.unwrap().revision)
+                .read_stream(&stream, Revision(0), Direction::Forward, u64::MAX)
+                .map(|e| e.unwrap().revision.0)
                 .collect();
             assert_eq!(revisions, (0..20).collect::<Vec<_>>());
         }
@@ -249,9 +253,9 @@ mod tests {
         let invalid = appender.append(request("has space", ExpectedRevision::Any)).await.unwrap_err();
         assert!(matches!(invalid, Error::Invalid(crate::InvalidInput::StreamNameNotPrintable { .. })));
         assert_eq!(invalid.reason(), "INVALID_ARGUMENT");
-        let rejected = appender.append(request("s-1", ExpectedRevision::Exact(3))).await.unwrap_err();
+        let rejected = appender.append(request("s-1", ExpectedRevision::Exact(Revision(3)))).await.unwrap_err();
         assert_eq!(rejected.reason(), "WRONG_EXPECTED_REVISION");
-        assert_eq!(store.partitions().iter().map(|p| p.next_offset()).sum::<u64>(), 0);
+        assert_eq!(store.partitions().iter().map(|p| p.next_offset().0).sum::<u64>(), 0);
         assert_eq!(appender.stats().batches.load(Ordering::Relaxed), 0);
     }
 

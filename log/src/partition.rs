@@ -25,6 +25,9 @@ use crate::event::AppendRequest;
 use crate::event::EventPosition;
 use crate::event::RecordedEvent;
 use crate::event::StreamHead;
+use crate::ids::Offset;
+use crate::ids::PartitionId;
+use crate::ids::Revision;
 use crate::keys;
 use crate::partitioner::partition_of;
 use crate::planted::PlantedBug;
@@ -116,7 +119,7 @@ impl PartitionLog {
         epoch: Epoch,
     ) -> Result<Self> {
         let tail = read_tail(&db, partition)?;
-        let (applied, _) = watch::channel(AppliedTail { epoch, next_offset: tail.next_offset });
+        let (applied, _) = watch::channel(AppliedTail { epoch, next_offset: Offset(tail.next_offset) });
         Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail), epochs, applied })
     }
 
@@ -134,25 +137,25 @@ impl PartitionLog {
     /// Publishes a commit's new next offset to the tail's followers (called with the writer lock held).
     fn publish_next_offset(&self, next_offset: u64) {
         self.applied.send_if_modified(|tail| {
-            let raised = tail.next_offset != next_offset;
-            tail.next_offset = next_offset;
+            let raised = tail.next_offset != Offset(next_offset);
+            tail.next_offset = Offset(next_offset);
             raised
         });
     }
 
     /// Publishes a rewrite: a new epoch and where the rewritten log ends (called with the writer lock held).
     pub(crate) fn publish_rewrite(&self, epoch: Epoch, next_offset: u64) {
-        self.applied.send_replace(AppliedTail { epoch, next_offset });
+        self.applied.send_replace(AppliedTail { epoch, next_offset: Offset(next_offset) });
     }
 
     /// This partition's number.
-    pub fn partition(&self) -> u32 {
-        self.partition
+    pub fn partition(&self) -> PartitionId {
+        PartitionId(self.partition)
     }
 
     /// The offset the next appended event will get (= the number of events ever appended).
-    pub fn next_offset(&self) -> u64 {
-        self.lock_tail().next_offset
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.lock_tail().next_offset)
     }
 
     /// Applies a batch of appends in order, as one atomic write, and returns each append's outcome.
@@ -201,13 +204,17 @@ impl PartitionLog {
         };
         let (revision, last_offset) = keys::decode_stream_head_value(&value)
             .ok_or_else(|| Error::corrupt("stream head", format!("{} bytes for stream {stream}", value.len())))?;
-        Ok(Some(StreamHead { partition: self.partition, revision, last_offset }))
+        Ok(Some(StreamHead {
+            partition: PartitionId(self.partition),
+            revision: Revision(revision),
+            last_offset: Offset(last_offset),
+        }))
     }
 
     /// The event at `offset`, or `None` past the end of the log.
-    pub fn event_at(&self, offset: u64) -> Result<Option<RecordedEvent>> {
+    pub fn event_at(&self, offset: Offset) -> Result<Option<RecordedEvent>> {
         let events = cf(&self.db, keys::CF_EVENTS)?;
-        let Some(bytes) = self.db.get_pinned_cf(events, keys::event_key(self.partition, offset))? else {
+        let Some(bytes) = self.db.get_pinned_cf(events, keys::event_key(self.partition, offset.0))? else {
             return Ok(None);
         };
         let event = decode_record(&bytes)?;
@@ -218,14 +225,14 @@ impl PartitionLog {
     }
 
     /// Events of this partition from `from_offset` on, at most `limit`, streamed in pages.
-    pub fn read_partition(&self, from_offset: u64, limit: u64) -> PartitionReader {
-        PartitionReader::new(self.db.clone(), self.partition, from_offset, self.next_offset(), limit)
+    pub fn read_partition(&self, from_offset: Offset, limit: u64) -> PartitionReader {
+        PartitionReader::new(self.db.clone(), self.partition, from_offset.0, self.next_offset().0, limit)
     }
 
     /// Events of `stream` from `from_revision` on (backward: down from it; `u64::MAX` is the end), at most
     /// `limit`, streamed in pages.
-    pub fn read_stream(&self, stream: &str, from_revision: u64, direction: Direction, limit: u64) -> StreamReader {
-        StreamReader::new(self.db.clone(), self.partition, stream, from_revision, direction, limit)
+    pub fn read_stream(&self, stream: &str, from_revision: Revision, direction: Direction, limit: u64) -> StreamReader {
+        StreamReader::new(self.db.clone(), self.partition, stream, from_revision.0, direction, limit)
     }
 
     /// The partition `stream` belongs to in this store.
@@ -249,7 +256,7 @@ impl PartitionLog {
     }
 
     fn stored_event(&self, offset: u64) -> Result<RecordedEvent> {
-        self.event_at(offset)?
+        self.event_at(Offset(offset))?
             .ok_or_else(|| Error::corrupt("event id index", format!("points at offset {offset}, which is absent")))
     }
 }
@@ -292,8 +299,8 @@ impl<'a> PendingBatch<'a> {
         if owner != self.log.partition {
             return Ok(Err(Rejection::WrongPartition {
                 stream: stream.to_owned(),
-                expected: owner,
-                actual: self.log.partition,
+                expected: PartitionId(owner),
+                actual: PartitionId(self.log.partition),
             }));
         }
         if let Some(retry) = self.check_retry(request)? {
@@ -308,7 +315,7 @@ impl<'a> PendingBatch<'a> {
                 current,
             }));
         }
-        self.write_events(request, current.map_or(0, |r| r + 1)).map(Ok)
+        self.write_events(request, current.map_or(Revision(0), Revision::next)).map(Ok)
     }
 
     /// `None` when no event id of the request is stored yet (a new append); otherwise the retry's answer.
@@ -345,7 +352,8 @@ impl<'a> PendingBatch<'a> {
             })));
         }
         let first_revision = originals[0].revision;
-        let in_one_run = originals.iter().zip(first_revision..).all(|(event, revision)| event.revision == revision);
+        let in_one_run =
+            originals.iter().zip(first_revision.0..).all(|(event, revision)| event.revision == Revision(revision));
         if !in_one_run {
             return Ok(Some(Err(Rejection::RetryOutOfOrder { stream: stream.to_owned() })));
         }
@@ -353,7 +361,7 @@ impl<'a> PendingBatch<'a> {
             originals.iter().map(|e| EventPosition { offset: e.offset, revision: e.revision }).collect::<Vec<_>>();
         let last = &originals[originals.len() - 1];
         Ok(Some(Ok(AppendOutcome {
-            partition: self.log.partition,
+            partition: PartitionId(self.log.partition),
             revision: last.revision,
             commit_time_micros: originals[0].timestamp_micros,
             positions,
@@ -361,12 +369,12 @@ impl<'a> PendingBatch<'a> {
         })))
     }
 
-    fn write_events(&mut self, request: &AppendRequest, first_revision: u64) -> Result<AppendOutcome> {
+    fn write_events(&mut self, request: &AppendRequest, first_revision: Revision) -> Result<AppendOutcome> {
         let log = self.log;
         let families = Families::of(&log.db)?;
         let stream = request.stream.as_str();
         let mut positions = Vec::with_capacity(request.events.len());
-        for (event, revision) in request.events.iter().zip(first_revision..) {
+        for (event, revision) in request.events.iter().zip((first_revision.0..).map(Revision)) {
             let offset = self.next_offset;
             let recorded = RecordedEvent {
                 id: event.id,
@@ -375,24 +383,24 @@ impl<'a> PendingBatch<'a> {
                 content_type: event.effective_content_type().to_owned(),
                 data: event.data.clone(),
                 metadata: event.metadata.clone(),
-                offset,
+                offset: Offset(offset),
                 revision,
                 timestamp_micros: self.commit_time,
             };
             families.put_event(&mut self.write, log.partition, &recorded, &mut self.encoded)?;
             self.ids.insert((stream.to_owned(), event.id), offset);
             self.events.insert(offset, recorded);
-            positions.push(EventPosition { offset, revision });
+            positions.push(EventPosition { offset: Offset(offset), revision });
             self.next_offset += 1;
         }
         let last = positions[positions.len() - 1];
-        families.put_head(&mut self.write, log.partition, stream, last.revision, last.offset);
+        families.put_head(&mut self.write, log.partition, stream, last.revision.0, last.offset.0);
         self.heads.insert(
             stream.to_owned(),
-            StreamHead { partition: log.partition, revision: last.revision, last_offset: last.offset },
+            StreamHead { partition: PartitionId(log.partition), revision: last.revision, last_offset: last.offset },
         );
         Ok(AppendOutcome {
-            partition: log.partition,
+            partition: PartitionId(log.partition),
             positions,
             revision: last.revision,
             commit_time_micros: self.commit_time,
@@ -456,9 +464,9 @@ impl<'a> Families<'a> {
     ) -> Result<()> {
         scratch.clear();
         encode_record(event, scratch)?;
-        write.put_cf(self.events, keys::event_key(partition, event.offset), &scratch);
-        let offset = keys::u64_value(event.offset);
-        write.put_cf(self.stream_index, keys::stream_index_key(partition, &event.stream, event.revision), offset);
+        write.put_cf(self.events, keys::event_key(partition, event.offset.0), &scratch);
+        let offset = keys::u64_value(event.offset.0);
+        write.put_cf(self.stream_index, keys::stream_index_key(partition, &event.stream, event.revision.0), offset);
         write.put_cf(self.event_ids, keys::event_id_key(partition, &event.stream, &event.id), offset);
         Ok(())
     }

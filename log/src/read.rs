@@ -60,7 +60,7 @@ impl PartitionReader {
                 return Err(Error::corrupt("partition log", format!("offset {} is missing", self.next)));
             }
             let event = decode_record(value)?;
-            if event.offset != offset {
+            if event.offset.0 != offset {
                 return Err(Error::corrupt("record", format!("stored at offset {offset} but says {}", event.offset)));
             }
             self.page.push_back(event);
@@ -171,7 +171,7 @@ impl StreamReader {
                 Error::corrupt("stream index", format!("revision {revision} points at absent offset {offset}"))
             })?;
             let event = decode_record(&value)?;
-            if event.stream != self.stream || event.revision != *revision || event.offset != *offset {
+            if event.stream != self.stream || event.revision.0 != *revision || event.offset.0 != *offset {
                 return Err(Error::corrupt(
                     "stream index",
                     format!(

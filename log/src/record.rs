@@ -10,6 +10,8 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::error::Result;
 use crate::event::RecordedEvent;
+use crate::ids::Offset;
+use crate::ids::Revision;
 
 /// The record format version this code writes.
 pub const RECORD_VERSION: u8 = 1;
@@ -19,8 +21,8 @@ pub const RECORD_VERSION: u8 = 1;
 pub fn encode_record(event: &RecordedEvent, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.push(RECORD_VERSION);
-    out.extend_from_slice(&event.offset.to_le_bytes());
-    out.extend_from_slice(&event.revision.to_le_bytes());
+    out.extend_from_slice(&event.offset.0.to_le_bytes());
+    out.extend_from_slice(&event.revision.0.to_le_bytes());
     out.extend_from_slice(&event.timestamp_micros.to_le_bytes());
     out.extend_from_slice(event.id.as_bytes());
     put_short(out, "stream", &event.stream)?;
@@ -82,7 +84,17 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent> {
     }
     let data = r.long_bytes()?.to_vec();
     r.finish()?;
-    Ok(RecordedEvent { id, stream, event_type, content_type, data, metadata, offset, revision, timestamp_micros })
+    Ok(RecordedEvent {
+        id,
+        stream,
+        event_type,
+        content_type,
+        data,
+        metadata,
+        offset: Offset(offset),
+        revision: Revision(revision),
+        timestamp_micros,
+    })
 }
 
 fn put_short(out: &mut Vec<u8>, what: &str, value: &str) -> Result<()> {
@@ -221,8 +233,8 @@ pub(crate) mod tests {
                         content_type,
                         data,
                         metadata,
-                        offset: u64::from(offset),
-                        revision,
+                        offset: Offset(u64::from(offset)),
+                        revision: Revision(revision),
                         timestamp_micros,
                     }
                 },
@@ -261,8 +273,8 @@ pub(crate) mod tests {
             content_type: String::new(),
             data: vec![],
             metadata: BTreeMap::new(),
-            offset: 0,
-            revision: 0,
+            offset: Offset(0),
+            revision: Revision(0),
             timestamp_micros: 0,
         };
         assert!(record_bytes(&event).is_err());

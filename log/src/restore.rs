@@ -32,7 +32,7 @@ impl PartitionLog {
     ) -> Result<()> {
         let mut tail = self.lock_tail();
         let families = Families::of(&self.db)?;
-        let partition = self.partition();
+        let partition = self.partition().0;
         let mut write = WriteBatch::default();
         let (from, to) = partition_key_range(partition);
         for family in families.all() {
@@ -44,11 +44,11 @@ impl PartitionLog {
         let mut pending = 0;
         for record in records {
             let record = record?;
-            if record.offset != restored.next_offset {
+            if record.offset.0 != restored.next_offset {
                 return Err(restore_error(format!("offset {} where {} was due", record.offset, restored.next_offset)));
             }
             let due = heads.get(&record.stream).map_or(0, |revision| revision + 1);
-            if record.revision != due {
+            if record.revision.0 != due {
                 return Err(restore_error(format!(
                     "{}@{} where revision {due} was due",
                     record.stream, record.revision
@@ -58,9 +58,9 @@ impl PartitionLog {
                 return Err(restore_error(format!("stream {} is not in partition {partition}", record.stream)));
             }
             families.put_event(&mut write, partition, &record, &mut scratch)?;
-            families.put_head(&mut write, partition, &record.stream, record.revision, record.offset);
-            heads.insert(record.stream, record.revision);
-            restored = Tail { next_offset: record.offset + 1, last_commit_micros: record.timestamp_micros };
+            families.put_head(&mut write, partition, &record.stream, record.revision.0, record.offset.0);
+            heads.insert(record.stream, record.revision.0);
+            restored = Tail { next_offset: record.offset.0 + 1, last_commit_micros: record.timestamp_micros };
             pending += 1;
             if pending == RESTORE_BATCH_RECORDS {
                 self.db.write(std::mem::take(&mut write))?;

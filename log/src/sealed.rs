@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::ids::Offset;
 use crate::keys;
 use crate::partition::PartitionLog;
 use crate::segment::CHAIN_SEED;
@@ -243,17 +244,18 @@ impl SegmentCatalog {
     /// The chain checksum of `log`'s partition at `offset` (every record below it folded), from the last
     /// sealed segment at or below `offset` and the records after it. `offset` must be applied here.
     pub fn chain_at(&self, log: &PartitionLog, offset: u64) -> Result<u32> {
-        let applied = log.next_offset();
+        let applied = log.next_offset().0;
         if offset > applied {
             return Err(Error::Config(format!(
                 "offset {offset} of partition {} is past its applied end {applied}",
                 log.partition()
             )));
         }
-        let start = self.lock(log.partition())?.sealed.iter().rev().find(|s| s.next_offset <= offset).copied();
+        let partition = log.partition().0;
+        let start = self.lock(partition)?.sealed.iter().rev().find(|s| s.next_offset <= offset).copied();
         let (mut chain, from) = start.map_or((CHAIN_SEED, 0), |s| (s.chain_checksum, s.next_offset));
         let mut next = from;
-        scan_raw(&self.db, log.partition(), from, offset, |_, record| {
+        scan_raw(&self.db, partition, from, offset, |_, record| {
             chain = fold_chain(chain, record);
             next += 1;
             Ok(true)
@@ -265,7 +267,7 @@ impl SegmentCatalog {
     }
 
     /// Seals every segment of `log` that its applied records complete, and returns them. Blocking.
-    #[tracing::instrument(level = "debug", skip_all, fields(partition = log.partition()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(partition = %log.partition()))]
     pub fn seal_ready(&self, log: &PartitionLog) -> Result<Vec<SealedSegment>> {
         let mut sealed = Vec::new();
         while let Some(segment) = self.seal_next(log)? {
@@ -285,8 +287,8 @@ impl SegmentCatalog {
     /// so a snapshot install cannot replace the catalog under it.
     fn seal_next(&self, log: &PartitionLog) -> Result<Option<SealedSegment>> {
         let Some(identity) = self.identity() else { return Ok(None) };
-        let partition = log.partition();
-        let applied = log.next_offset();
+        let partition = log.partition().0;
+        let applied = log.next_offset().0;
         let mut state = self.lock(partition)?;
         let last = state.sealed.last();
         let (base, previous_chain) = (last.map_or(0, |s| s.next_offset), last.map_or(CHAIN_SEED, |s| s.chain_checksum));
@@ -331,7 +333,7 @@ impl SegmentCatalog {
         next: u64,
         previous_chain: u32,
     ) -> Result<SealedSegment> {
-        let partition = log.partition();
+        let partition = log.partition().0;
         let partition_dir = self.dir.join(partition.to_string());
         let building = partition_dir.join(format!("building-{base:020}.seg"));
         let file = std::fs::File::create(&building).map_err(|e| io("creating", &building, e))?;
@@ -342,7 +344,7 @@ impl SegmentCatalog {
             base_offset: base,
         };
         let mut encoder = SegmentEncoder::new(std::io::BufWriter::new(file), &header, previous_chain)?;
-        for event in log.read_partition(base, next - base) {
+        for event in log.read_partition(Offset(base), next - base) {
             encoder.push(&event?)?;
         }
         let (out, summary) = encoder.finish(next)?;
@@ -440,15 +442,15 @@ pub async fn run_sealer(catalog: Arc<SegmentCatalog>, log: Arc<PartitionLog>) {
         let (catalog, sealing) = (catalog.clone(), log.clone());
         match tokio::task::spawn_blocking(move || catalog.seal_ready(&sealing)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(partition = log.partition(), %error, "sealing a segment failed"),
-            Err(error) => tracing::error!(partition = log.partition(), %error, "the sealer panicked"),
+            Ok(Err(error)) => tracing::error!(partition = %log.partition(), %error, "sealing a segment failed"),
+            Err(error) => tracing::error!(partition = %log.partition(), %error, "the sealer panicked"),
         }
         if tail.changed().await.is_err() {
             return;
         }
         let now = *tail.borrow_and_update();
         if let TailChange::NewEpoch { rewound: true } = now.change_since(seen) {
-            tracing::info!(partition = log.partition(), next_offset = now.next_offset, "applied tail rewound");
+            tracing::info!(partition = %log.partition(), next_offset = %now.next_offset, "applied tail rewound");
         }
         seen = now;
     }

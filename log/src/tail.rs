@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::ids::Offset;
 use crate::keys;
 use crate::store::cf;
 
@@ -43,7 +44,7 @@ pub struct AppliedTail {
     /// The log's incarnation.
     pub epoch: Epoch,
     /// The offset the next applied event gets: every offset below it is applied on this node.
-    pub next_offset: u64,
+    pub next_offset: Offset,
 }
 
 /// What happened to a partition's log since a follower last looked.
@@ -54,9 +55,9 @@ pub enum TailChange {
     /// New events in the same epoch: offsets `[from, to)` are now applied.
     Advanced {
         /// The next offset the follower saw.
-        from: u64,
+        from: Offset,
         /// The next offset now.
-        to: u64,
+        to: Offset,
     },
     /// The log was reopened or rewritten. `rewound` says its next offset is now below what the follower
     /// saw (after a power loss, until the Raft log re-applies; or after a restore to an earlier cut).
@@ -121,13 +122,13 @@ mod tests {
     use super::*;
 
     fn tail(epoch: u64, next_offset: u64) -> AppliedTail {
-        AppliedTail { epoch: Epoch(epoch), next_offset }
+        AppliedTail { epoch: Epoch(epoch), next_offset: Offset(next_offset) }
     }
 
     #[test]
     fn tells_progress_from_a_new_epoch() {
         assert_eq!(tail(1, 5).change_since(tail(1, 5)), TailChange::Unchanged);
-        assert_eq!(tail(1, 9).change_since(tail(1, 5)), TailChange::Advanced { from: 5, to: 9 });
+        assert_eq!(tail(1, 9).change_since(tail(1, 5)), TailChange::Advanced { from: Offset(5), to: Offset(9) });
         assert_eq!(tail(2, 9).change_since(tail(1, 5)), TailChange::NewEpoch { rewound: false });
         assert_eq!(tail(2, 3).change_since(tail(1, 5)), TailChange::NewEpoch { rewound: true });
     }

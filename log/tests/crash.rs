@@ -21,7 +21,9 @@ use fjord_log::ExpectedRevision;
 use fjord_log::GroupCommitConfig;
 use fjord_log::Limits;
 use fjord_log::LogStore;
+use fjord_log::Offset;
 use fjord_log::ProposedEvent;
+use fjord_log::Revision;
 use fjord_log::StoreOptions;
 use uuid::Uuid;
 
@@ -123,15 +125,15 @@ fn kill_hard(pid: u32) {
 fn verify(dir: &std::path::Path, acknowledged: &[(String, Vec<Uuid>)]) {
     let store = LogStore::open(dir, &options()).unwrap();
     for partition in store.partitions() {
-        let offsets: Vec<u64> = partition.read_partition(0, u64::MAX).map(|e| e.unwrap().offset).collect();
-        assert_eq!(offsets, (0..partition.next_offset()).collect::<Vec<_>>(), "offsets are dense");
+        let offsets: Vec<u64> = partition.read_partition(Offset(0), u64::MAX).map(|e| e.unwrap().offset.0).collect();
+        assert_eq!(offsets, (0..partition.next_offset().0).collect::<Vec<_>>(), "offsets are dense");
     }
     let mut stored = std::collections::HashMap::new();
     for writer in 0..WRITERS {
         let stream = format!("crash-{writer}");
         let events: Vec<_> = store
             .partition_for(&stream)
-            .read_stream(&stream, 0, Direction::Forward, u64::MAX)
+            .read_stream(&stream, Revision(0), Direction::Forward, u64::MAX)
             .map(|e| e.unwrap())
             .collect();
         assert_eq!(events.len() as u64 % EVENTS_PER_APPEND, 0, "{stream}: a partial append is visible");
@@ -140,7 +142,7 @@ fn verify(dir: &std::path::Path, acknowledged: &[(String, Vec<Uuid>)]) {
             assert!(
                 chunk.iter().enumerate().all(|(i, e)| append_of(e.id) == append_of(chunk[0].id)
                     && (e.id.as_u128() & 0xff) as usize == i
-                    && e.revision == revision as u64 * EVENTS_PER_APPEND + i as u64),
+                    && e.revision.0 == revision as u64 * EVENTS_PER_APPEND + i as u64),
                 "{stream}: the append at revision {} is torn",
                 revision as u64 * EVENTS_PER_APPEND
             );

@@ -90,7 +90,7 @@ fn replicas_seal_identical_segments_however_they_applied() {
         let reader = catalog_one.open_segment(segment).unwrap();
         let records: Vec<_> = reader.records(chain).collect::<Result<_, _>>().unwrap();
         assert_eq!(records.len() as u64, segment.record_count);
-        assert_eq!(records.first().map(|r| r.offset), Some(segment.base_offset));
+        assert_eq!(records.first().map(|r| r.offset.0), Some(segment.base_offset));
         chain = segment.chain_checksum;
         next = segment.next_offset;
     }

@@ -12,6 +12,7 @@ use fjord_log::AppendRequest;
 use fjord_log::Durability;
 use fjord_log::ExpectedRevision;
 use fjord_log::LogStore;
+use fjord_log::Offset;
 use fjord_log::ProposedEvent;
 use fjord_log::StoreOptions;
 use fjord_log::TailChange;
@@ -37,14 +38,14 @@ async fn a_watcher_wakes_on_commit() {
     let log = store.partition(0).unwrap().clone();
     let mut watch = log.watch_tail();
     let seen = *watch.borrow_and_update();
-    assert_eq!(seen.next_offset, 0);
+    assert_eq!(seen.next_offset, Offset(0));
 
     let writer = log.clone();
     let commit = tokio::task::spawn_blocking(move || writer.apply(&appends(3), 1_000, Durability::Buffered).unwrap());
     tokio::time::timeout(Duration::from_secs(10), watch.changed()).await.unwrap().unwrap();
     commit.await.unwrap();
     let now = *watch.borrow_and_update();
-    assert_eq!(now.change_since(seen), TailChange::Advanced { from: 0, to: 3 });
+    assert_eq!(now.change_since(seen), TailChange::Advanced { from: Offset(0), to: Offset(3) });
 
     // A batch that writes no event (every append rejected) does not wake anyone.
     let rejected = AppendRequest { expected: ExpectedRevision::NoStream, ..appends(1).remove(0) };
@@ -63,12 +64,12 @@ fn a_power_loss_shows_as_a_new_epoch_with_the_offset_moved_back() {
     rocksdb::checkpoint::Checkpoint::new(store.db()).unwrap().create_checkpoint(&after_power_loss).unwrap();
     log.apply(&appends(5), 2_000, Durability::Buffered).unwrap();
     let seen_before_the_crash = log.applied_tail();
-    assert_eq!(seen_before_the_crash.next_offset, 15);
+    assert_eq!(seen_before_the_crash.next_offset, Offset(15));
     drop(store);
 
     let restarted = LogStore::open(&after_power_loss, &options()).unwrap();
     let tail = restarted.partition(0).unwrap().applied_tail();
-    assert_eq!(tail.next_offset, 10);
+    assert_eq!(tail.next_offset, Offset(10));
     assert_eq!(tail.change_since(seen_before_the_crash), TailChange::NewEpoch { rewound: true });
 
     // A clean restart is a new epoch too, never a rewind.
@@ -89,9 +90,9 @@ async fn a_restore_shows_as_a_new_epoch() {
     let mut watch = log.watch_tail();
     let seen = *watch.borrow_and_update();
 
-    log.restore(source.partition(0).unwrap().read_partition(0, u64::MAX), |_| {}).unwrap();
+    log.restore(source.partition(0).unwrap().read_partition(Offset(0), u64::MAX), |_| {}).unwrap();
     assert!(watch.has_changed().unwrap(), "a restore wakes the watchers");
     let now = *watch.borrow_and_update();
-    assert_eq!(now.next_offset, 20);
+    assert_eq!(now.next_offset, Offset(20));
     assert_eq!(now.change_since(seen), TailChange::NewEpoch { rewound: true });
 }

@@ -23,6 +23,7 @@ use std::task::Context;
 use std::task::Poll;
 use std::task::ready;
 
+use fjord_log::Offset;
 use fjord_log::PartitionLog;
 use fjord_log::RecordedEvent;
 use fjord_log::sealed::LogIdentity;
@@ -91,11 +92,11 @@ pub(crate) fn write_tail(
         let header = SegmentHeader {
             cluster_id: identity.cluster_id,
             region: identity.region.clone(),
-            partition: log.partition(),
+            partition: log.partition().0,
             base_offset: from,
         };
         let mut encoder = SegmentEncoder::new(Vec::new(), &header, chain)?;
-        for event in log.read_partition(from, end - from) {
+        for event in log.read_partition(Offset(from), end - from) {
             encoder.push(&event?)?;
         }
         let (bytes, summary) = encoder.finish(end)?;

@@ -66,7 +66,7 @@ pub(crate) async fn run(
             (current.last_applied.map_or(0, |id| id.index), current.snapshot.map_or(0, |id| id.index))
         };
         let records_in_snapshot = snapshot.records();
-        let records_since = log.next_offset().saturating_sub(records_in_snapshot);
+        let records_since = log.next_offset().0.saturating_sub(records_in_snapshot);
         if snapshot_due(applied_index.saturating_sub(snapshot_index), records_since, records_in_snapshot, every_entries)
         {
             // A trigger while a snapshot is being built is ignored by openraft; the next check sees the new one.

@@ -116,7 +116,7 @@ impl GroupStateMachine {
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         remove_unfinished_files(&snapshot_dir);
-        let group = log.partition();
+        let group = log.partition().0;
         let shared = Arc::new(Shared {
             db,
             log,

@@ -43,7 +43,13 @@ fn append_entry(index: u64, streams: &[&str]) -> Entry<fjord_raft::TypeConfig> {
 }
 
 fn partition_bytes(storage: &NodeStorage) -> Vec<fjord_log::RecordedEvent> {
-    storage.log_store().partition(0).unwrap().read_partition(0, u64::MAX).map(Result::unwrap).collect()
+    storage
+        .log_store()
+        .partition(0)
+        .unwrap()
+        .read_partition(fjord_log::Offset(0), u64::MAX)
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +87,7 @@ async fn a_snapshot_moves_a_partition_between_nodes() {
     assert_eq!(partition_bytes(&follower).len(), 120);
     assert!(follower_tail.has_changed().unwrap(), "the install wakes the partition's watchers");
     let after_install = *follower_tail.borrow_and_update();
-    assert_eq!(after_install.next_offset, 120);
+    assert_eq!(after_install.next_offset, fjord_log::Offset(120));
     assert_eq!(after_install.change_since(before_install), TailChange::NewEpoch { rewound: false });
     // The follower adopted the leader's sealed segments, byte for byte, and chains on from them.
     assert_eq!(follower.segments().sealed(0).unwrap(), sealed);

@@ -110,7 +110,7 @@ impl Cluster for ClusterService {
                     term: status.term,
                     last_log_index: status.last_log_index,
                     applied_index: status.applied_index,
-                    applied_offset: status.applied.next_offset,
+                    applied_offset: status.applied.next_offset.0,
                     role: status.role.to_owned(),
                     tail_epoch: status.applied.epoch.0,
                     sealed_offset: status.last_sealed.map_or(0, |s| s.next_offset),

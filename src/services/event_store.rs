@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use fjord_log::Direction;
 use fjord_log::LogStore;
+use fjord_log::Offset;
 use fjord_log::ReadBarrier;
 use fjord_log::RecordedEvent;
+use fjord_log::Revision;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_server::EventStore;
 use fjord_raft::GroupId;
@@ -69,7 +71,7 @@ impl EventStoreService {
     where
         I: Iterator<Item = fjord_log::Result<RecordedEvent>>,
     {
-        let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset());
+        let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset().0);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut events = Vec::new();
@@ -140,9 +142,9 @@ impl EventStore for EventStoreService {
         let log = self.store.partition(group).map_err(pb::log_error)?.clone();
         let direction = if read.backward { Direction::Backward } else { Direction::Forward };
         let limit = if read.limit == 0 { u64::MAX } else { read.limit };
-        Ok(Response::new(
-            self.stream_events(group, move || log.read_stream(&read.stream, read.from_revision, direction, limit)),
-        ))
+        Ok(Response::new(self.stream_events(group, move || {
+            log.read_stream(&read.stream, Revision(read.from_revision), direction, limit)
+        })))
     }
 
     async fn read_partition(&self, request: Request<v1::ReadPartitionRequest>) -> Result<Response<ReadStream>, Status> {
@@ -153,7 +155,9 @@ impl EventStore for EventStoreService {
             return Ok(Response::new(Box::pin(stream)));
         }
         let limit = if read.limit == 0 { u64::MAX } else { read.limit };
-        Ok(Response::new(self.stream_events(read.partition, move || log.read_partition(read.from_offset, limit))))
+        Ok(Response::new(
+            self.stream_events(read.partition, move || log.read_partition(Offset(read.from_offset), limit)),
+        ))
     }
 
     async fn get_stream(
@@ -175,9 +179,9 @@ impl EventStore for EventStoreService {
         Ok(Response::new(match head {
             Some(head) => v1::GetStreamResponse {
                 exists: true,
-                partition: head.partition,
-                revision: head.revision,
-                last_offset: head.last_offset,
+                partition: head.partition.0,
+                revision: head.revision.0,
+                last_offset: head.last_offset.0,
             },
             None => v1::GetStreamResponse { exists: false, partition: group, revision: 0, last_offset: 0 },
         }))

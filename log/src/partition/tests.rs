@@ -9,6 +9,9 @@ use uuid::Uuid;
 use super::*;
 use crate::event::ExpectedRevision;
 use crate::event::ProposedEvent;
+use crate::ids::Offset;
+use crate::ids::PartitionId;
+use crate::ids::Revision;
 use crate::read::Direction;
 use crate::store::LogStore;
 use crate::store::StoreOptions;
@@ -38,7 +41,7 @@ fn apply_one(log: &PartitionLog, request: AppendRequest) -> AppendResult {
 }
 
 fn stream_events(log: &PartitionLog, stream: &str) -> Vec<RecordedEvent> {
-    log.read_stream(stream, 0, Direction::Forward, u64::MAX).collect::<Result<_>>().unwrap()
+    log.read_stream(stream, Revision(0), Direction::Forward, u64::MAX).collect::<Result<_>>().unwrap()
 }
 
 #[test]
@@ -48,16 +51,22 @@ fn assigns_dense_offsets_and_revisions() {
     let first = apply_one(log, append("order-1", ExpectedRevision::NoStream, &[1, 2])).unwrap();
     assert_eq!(
         first.positions,
-        vec![EventPosition { offset: 0, revision: 0 }, EventPosition { offset: 1, revision: 1 }]
+        vec![
+            EventPosition { offset: Offset(0), revision: Revision(0) },
+            EventPosition { offset: Offset(1), revision: Revision(1) }
+        ]
     );
-    assert_eq!(first.revision, 1);
+    assert_eq!(first.revision, Revision(1));
     assert!(!first.deduplicated);
     let second = apply_one(log, append("order-2", ExpectedRevision::Any, &[3])).unwrap();
-    assert_eq!(second.positions, vec![EventPosition { offset: 2, revision: 0 }]);
-    let third = apply_one(log, append("order-1", ExpectedRevision::Exact(1), &[4])).unwrap();
-    assert_eq!(third.positions, vec![EventPosition { offset: 3, revision: 2 }]);
-    assert_eq!(log.next_offset(), 4);
-    assert_eq!(log.stream_head("order-1").unwrap(), Some(StreamHead { partition: 0, revision: 2, last_offset: 3 }));
+    assert_eq!(second.positions, vec![EventPosition { offset: Offset(2), revision: Revision(0) }]);
+    let third = apply_one(log, append("order-1", ExpectedRevision::Exact(Revision(1)), &[4])).unwrap();
+    assert_eq!(third.positions, vec![EventPosition { offset: Offset(3), revision: Revision(2) }]);
+    assert_eq!(log.next_offset(), Offset(4));
+    assert_eq!(
+        log.stream_head("order-1").unwrap(),
+        Some(StreamHead { partition: PartitionId(0), revision: Revision(2), last_offset: Offset(3) })
+    );
     assert_eq!(log.stream_head("order-3").unwrap(), None);
     let events = stream_events(log, "order-1");
     assert_eq!(events.iter().map(|e| e.id.as_u128()).collect::<Vec<_>>(), vec![1, 2, 4]);
@@ -76,23 +85,23 @@ fn expected_revision_rules() {
         wrong(ExpectedRevision::StreamExists, None)
     );
     assert_eq!(
-        apply_one(log, append("s-1", ExpectedRevision::Exact(0), &[1])),
-        wrong(ExpectedRevision::Exact(0), None)
+        apply_one(log, append("s-1", ExpectedRevision::Exact(Revision(0)), &[1])),
+        wrong(ExpectedRevision::Exact(Revision(0)), None)
     );
     assert!(apply_one(log, append("s-1", ExpectedRevision::NoStream, &[1])).is_ok());
     assert_eq!(
         apply_one(log, append("s-1", ExpectedRevision::NoStream, &[2])),
-        wrong(ExpectedRevision::NoStream, Some(0))
+        wrong(ExpectedRevision::NoStream, Some(Revision(0)))
     );
     assert_eq!(
-        apply_one(log, append("s-1", ExpectedRevision::Exact(5), &[2])),
-        wrong(ExpectedRevision::Exact(5), Some(0))
+        apply_one(log, append("s-1", ExpectedRevision::Exact(Revision(5)), &[2])),
+        wrong(ExpectedRevision::Exact(Revision(5)), Some(Revision(0)))
     );
     assert!(apply_one(log, append("s-1", ExpectedRevision::StreamExists, &[2])).is_ok());
-    assert!(apply_one(log, append("s-1", ExpectedRevision::Exact(1), &[3])).is_ok());
+    assert!(apply_one(log, append("s-1", ExpectedRevision::Exact(Revision(1)), &[3])).is_ok());
     assert!(apply_one(log, append("s-1", ExpectedRevision::Any, &[4])).is_ok());
-    assert_eq!(log.next_offset(), 4, "rejections wrote nothing");
-    let message = wrong(ExpectedRevision::Exact(5), Some(7)).unwrap_err().to_string();
+    assert_eq!(log.next_offset(), Offset(4), "rejections wrote nothing");
+    let message = wrong(ExpectedRevision::Exact(Revision(5)), Some(Revision(7))).unwrap_err().to_string();
     assert_eq!(message, "stream s-1 is at revision 7, expected revision 5");
 }
 
@@ -108,7 +117,7 @@ fn a_retry_returns_the_original_positions_and_writes_nothing() {
     assert_eq!(retry.positions, original.positions);
     assert_eq!(retry.revision, original.revision);
     assert_eq!(retry.commit_time_micros, original.commit_time_micros);
-    assert_eq!(log.next_offset(), 4);
+    assert_eq!(log.next_offset(), Offset(4));
     // A retry of a suffix of the original is one run too.
     assert!(apply_one(log, append("s-1", ExpectedRevision::Any, &[2, 3])).unwrap().deduplicated);
 }
@@ -122,7 +131,7 @@ fn reused_ids_and_partial_retries_are_rejected() {
     changed.events[0].data = b"{\"other\":true}".to_vec();
     assert_eq!(
         apply_one(log, changed),
-        Err(Rejection::EventIdReused { stream: "s-1".to_owned(), id: Uuid::from_u128(1), revision: 0 })
+        Err(Rejection::EventIdReused { stream: "s-1".to_owned(), id: Uuid::from_u128(1), revision: Revision(0) })
     );
     assert_eq!(
         apply_one(log, append("s-1", ExpectedRevision::Any, &[2, 9])),
@@ -138,7 +147,7 @@ fn reused_ids_and_partial_retries_are_rejected() {
     );
     // Dedupe is per stream: the same id in another stream is another event.
     assert!(!apply_one(log, append("s-2", ExpectedRevision::Any, &[1])).unwrap().deduplicated);
-    assert_eq!(log.next_offset(), 3);
+    assert_eq!(log.next_offset(), Offset(3));
 }
 
 #[test]
@@ -149,8 +158,8 @@ fn appends_in_one_batch_see_each_other() {
         .apply(
             &[
                 append("s-1", ExpectedRevision::NoStream, &[1]),
-                append("s-1", ExpectedRevision::Exact(0), &[2]),
-                append("s-1", ExpectedRevision::Exact(0), &[3]),
+                append("s-1", ExpectedRevision::Exact(Revision(0)), &[2]),
+                append("s-1", ExpectedRevision::Exact(Revision(0)), &[3]),
                 append("s-1", ExpectedRevision::Any, &[1]),
             ],
             5,
@@ -158,10 +167,10 @@ fn appends_in_one_batch_see_each_other() {
         )
         .unwrap();
     assert!(outcomes[0].is_ok() && outcomes[1].is_ok());
-    assert!(matches!(outcomes[2], Err(Rejection::WrongExpectedRevision { current: Some(1), .. })));
+    assert!(matches!(outcomes[2], Err(Rejection::WrongExpectedRevision { current: Some(Revision(1)), .. })));
     assert!(outcomes[3].as_ref().unwrap().deduplicated);
     assert_eq!(outcomes[3].as_ref().unwrap().positions, outcomes[0].as_ref().unwrap().positions);
-    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.next_offset(), Offset(2));
 }
 
 #[test]
@@ -172,7 +181,11 @@ fn refuses_streams_of_other_partitions() {
     let other = store.partition((home + 1) % 4).unwrap();
     assert_eq!(
         apply_one(other, append(stream, ExpectedRevision::Any, &[1])),
-        Err(Rejection::WrongPartition { stream: stream.to_owned(), expected: home, actual: (home + 1) % 4 })
+        Err(Rejection::WrongPartition {
+            stream: stream.to_owned(),
+            expected: PartitionId(home),
+            actual: PartitionId((home + 1) % 4)
+        })
     );
     assert!(apply_one(store.partition_for(stream), append(stream, ExpectedRevision::Any, &[1])).is_ok());
 }
@@ -196,10 +209,10 @@ fn state_survives_reopen() {
     }
     let store = LogStore::open(dir.path(), &options).unwrap();
     let log = store.partition_for("s-1");
-    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.next_offset(), Offset(2));
     assert!(apply_one(log, append("s-1", ExpectedRevision::Any, &[1, 2])).unwrap().deduplicated);
-    let next = apply_one(log, append("s-1", ExpectedRevision::Exact(1), &[3])).unwrap();
-    assert_eq!(next.positions[0], EventPosition { offset: 2, revision: 2 });
+    let next = apply_one(log, append("s-1", ExpectedRevision::Exact(Revision(1)), &[3])).unwrap();
+    assert_eq!(next.positions[0], EventPosition { offset: Offset(2), revision: Revision(2) });
     assert_eq!(next.commit_time_micros, 1_000);
 }
 
@@ -212,24 +225,25 @@ fn reads_page_forward_backward_and_by_partition() {
         let stream = if i % 3 == 0 { "a-1" } else { "b-1" };
         apply_one(log, append(stream, ExpectedRevision::Any, &[i + 1])).unwrap();
     }
-    let all: Vec<_> = log.read_partition(0, u64::MAX).collect::<Result<_>>().unwrap();
+    let all: Vec<_> = log.read_partition(Offset(0), u64::MAX).collect::<Result<_>>().unwrap();
     assert_eq!(all.len() as u128, n);
-    assert!(all.iter().enumerate().all(|(i, e)| e.offset == i as u64));
-    let window: Vec<_> = log.read_partition(300, 10).map(|e| e.unwrap().offset).collect();
+    assert!(all.iter().enumerate().all(|(i, e)| e.offset == Offset(i as u64)));
+    let window: Vec<_> = log.read_partition(Offset(300), 10).map(|e| e.unwrap().offset.0).collect();
     assert_eq!(window, (300..310).collect::<Vec<_>>());
-    assert_eq!(log.read_partition(n as u64, 10).count(), 0);
+    assert_eq!(log.read_partition(Offset(n as u64), 10).count(), 0);
 
     let forward: Vec<_> =
-        log.read_stream("b-1", 5, Direction::Forward, u64::MAX).map(|e| e.unwrap().revision).collect();
+        log.read_stream("b-1", Revision(5), Direction::Forward, u64::MAX).map(|e| e.unwrap().revision.0).collect();
     let b_count = all.iter().filter(|e| e.stream == "b-1").count() as u64;
     assert_eq!(forward, (5..b_count).collect::<Vec<_>>());
     let backward: Vec<_> =
-        log.read_stream("b-1", u64::MAX, Direction::Backward, 300).map(|e| e.unwrap().revision).collect();
+        log.read_stream("b-1", Revision(u64::MAX), Direction::Backward, 300).map(|e| e.unwrap().revision.0).collect();
     assert_eq!(backward, (b_count - 300..b_count).rev().collect::<Vec<_>>());
-    let from_middle: Vec<_> = log.read_stream("a-1", 3, Direction::Backward, 10).map(|e| e.unwrap().revision).collect();
+    let from_middle: Vec<_> =
+        log.read_stream("a-1", Revision(3), Direction::Backward, 10).map(|e| e.unwrap().revision.0).collect();
     assert_eq!(from_middle, vec![3, 2, 1, 0]);
-    assert_eq!(log.read_stream("c-1", 0, Direction::Forward, 10).count(), 0);
-    assert_eq!(log.read_stream("a-1", 0, Direction::Forward, 0).count(), 0);
+    assert_eq!(log.read_stream("c-1", Revision(0), Direction::Forward, 10).count(), 0);
+    assert_eq!(log.read_stream("a-1", Revision(0), Direction::Forward, 0).count(), 0);
 }
 
 #[test]
@@ -243,10 +257,10 @@ fn corrupt_records_are_refused_not_served() {
     let last = bytes.len() - 10;
     bytes[last] ^= 0x40;
     log.db.put_cf(events, key, &bytes).unwrap();
-    let err = log.read_partition(0, 10).next().unwrap().unwrap_err();
+    let err = log.read_partition(Offset(0), 10).next().unwrap().unwrap_err();
     assert_eq!(err.reason(), "DATA_CORRUPT");
-    assert!(log.read_stream("s-1", 0, Direction::Forward, 10).next().unwrap().is_err());
-    assert!(log.event_at(0).is_err());
+    assert!(log.read_stream("s-1", Revision(0), Direction::Forward, 10).next().unwrap().is_err());
+    assert!(log.event_at(Offset(0)).is_err());
 }
 
 /// One step of a generated workload.
@@ -289,12 +303,13 @@ proptest! {
                     None => {
                         let stream = streams[step.stream];
                         let current = model.get(stream).map(|ids| ids.len() as u64);
+                        let exact = |revision: u64| ExpectedRevision::Exact(Revision(revision));
                         let expected = match step.expectation {
                             0 => ExpectedRevision::Any,
                             1 => ExpectedRevision::NoStream,
                             2 => ExpectedRevision::StreamExists,
-                            3 => ExpectedRevision::Exact(current.map_or(0, |n| n.saturating_sub(1))),
-                            _ => ExpectedRevision::Exact(current.unwrap_or(0) + 3),
+                            3 => exact(current.map_or(0, |n| n.saturating_sub(1))),
+                            _ => exact(current.unwrap_or(0) + 3),
                         };
                         let ids: Vec<u128> = (next_id..next_id + step.events as u128).collect();
                         next_id += step.events as u128;
@@ -306,13 +321,13 @@ proptest! {
             let outcomes = log.apply(&batch, 1, Durability::Buffered).unwrap();
             for (request, outcome) in batch.iter().zip(outcomes) {
                 let ids = model.entry(streams.iter().find(|s| **s == request.stream).unwrap()).or_default();
-                let current = (!ids.is_empty()).then(|| ids.len() as u64 - 1);
+                let current = (!ids.is_empty()).then(|| Revision(ids.len() as u64 - 1));
                 let is_retry = request.events.iter().all(|e| ids.contains(&e.id));
                 match outcome {
                     Ok(outcome) if outcome.deduplicated => prop_assert!(is_retry),
                     Ok(outcome) => {
                         prop_assert!(!is_retry && request.expected.is_met_by(current));
-                        prop_assert_eq!(outcome.positions[0].revision, ids.len() as u64);
+                        prop_assert_eq!(outcome.positions[0].revision, Revision(ids.len() as u64));
                         ids.extend(request.events.iter().map(|e| e.id));
                         sent.push(request.clone());
                     }
@@ -326,13 +341,13 @@ proptest! {
             at = end;
         }
         let total: usize = model.values().map(Vec::len).sum();
-        prop_assert_eq!(log.next_offset(), total as u64);
-        let offsets: Vec<u64> = log.read_partition(0, u64::MAX).map(|e| e.unwrap().offset).collect();
+        prop_assert_eq!(log.next_offset(), Offset(total as u64));
+        let offsets: Vec<u64> = log.read_partition(Offset(0), u64::MAX).map(|e| e.unwrap().offset.0).collect();
         prop_assert_eq!(offsets, (0..total as u64).collect::<Vec<_>>());
         for (stream, ids) in &model {
             let events = stream_events(log, stream);
             prop_assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids.clone());
-            prop_assert!(events.iter().enumerate().all(|(i, e)| e.revision == i as u64));
+            prop_assert!(events.iter().enumerate().all(|(i, e)| e.revision == Revision(i as u64)));
             prop_assert!(events.windows(2).all(|w| w[0].offset < w[1].offset));
         }
     }
@@ -350,12 +365,12 @@ fn restore_rebuilds_a_partition_from_its_records() {
     let copy = target.partition(0).unwrap();
     apply_one(copy, append("stale-1", ExpectedRevision::Any, &[999])).unwrap();
     let meta = target.db().cf_handle("default").unwrap();
-    copy.restore(log.read_partition(0, u64::MAX), |batch| batch.put_cf(meta, b"restored", b"yes")).unwrap();
+    copy.restore(log.read_partition(Offset(0), u64::MAX), |batch| batch.put_cf(meta, b"restored", b"yes")).unwrap();
 
-    let original: Vec<_> = log.read_partition(0, u64::MAX).map(Result::unwrap).collect();
-    let restored: Vec<_> = copy.read_partition(0, u64::MAX).map(Result::unwrap).collect();
+    let original: Vec<_> = log.read_partition(Offset(0), u64::MAX).map(Result::unwrap).collect();
+    let restored: Vec<_> = copy.read_partition(Offset(0), u64::MAX).map(Result::unwrap).collect();
     assert_eq!(restored, original);
-    assert_eq!(copy.next_offset(), 100);
+    assert_eq!(copy.next_offset(), Offset(100));
     assert_eq!(copy.stream_head("stale-1").unwrap(), None, "the old contents are gone");
     for stream in ["a-1", "b-1", "c-1"] {
         assert_eq!(copy.stream_head(stream).unwrap(), log.stream_head(stream).unwrap());
@@ -364,8 +379,8 @@ fn restore_rebuilds_a_partition_from_its_records() {
     assert_eq!(target.db().get_cf(meta, b"restored").unwrap().as_deref(), Some(&b"yes"[..]));
     // Dedupe and revisions continue from the restored state.
     assert!(apply_one(copy, append("a-1", ExpectedRevision::Any, &[1, 2])).unwrap().deduplicated);
-    let next = apply_one(copy, append("a-1", ExpectedRevision::Exact(33), &[5000])).unwrap();
-    assert_eq!(next.positions[0], EventPosition { offset: 100, revision: 34 });
+    let next = apply_one(copy, append("a-1", ExpectedRevision::Exact(Revision(33)), &[5000])).unwrap();
+    assert_eq!(next.positions[0], EventPosition { offset: Offset(100), revision: Revision(34) });
 }
 
 #[test]
@@ -374,7 +389,8 @@ fn restore_refuses_a_log_with_holes() {
     let log = source.partition(0).unwrap();
     apply_one(log, append("a-1", ExpectedRevision::Any, &[1, 2, 3])).unwrap();
     let (_other, target) = store(1);
-    let with_hole = log.read_partition(0, u64::MAX).filter(|e| e.as_ref().map_or(true, |e| e.offset != 1));
+    let with_hole =
+        log.read_partition(Offset(0), u64::MAX).filter(|e| e.as_ref().map_or(true, |e| e.offset != Offset(1)));
     let err = target.partition(0).unwrap().restore(with_hole, |_| {}).unwrap_err();
     assert_eq!(err.reason(), "DATA_CORRUPT");
 }
@@ -384,14 +400,14 @@ fn a_prepared_batch_carries_the_callers_writes_atomically() {
     let (_dir, store) = store(1);
     let log = store.partition(0).unwrap();
     let meta = store.db().cf_handle("default").unwrap();
-    let mut prepared = log.prepare(&[append("a-1", ExpectedRevision::Exact(4), &[1])], 10).unwrap();
+    let mut prepared = log.prepare(&[append("a-1", ExpectedRevision::Exact(Revision(4)), &[1])], 10).unwrap();
     assert!(prepared.outcomes()[0].is_err());
     prepared.put_cf(meta, b"applied", b"7");
     prepared.commit(Durability::Sync).unwrap();
     assert_eq!(store.db().get_cf(meta, b"applied").unwrap().as_deref(), Some(&b"7"[..]));
-    assert_eq!(log.next_offset(), 0);
+    assert_eq!(log.next_offset(), Offset(0));
     let dropped = log.prepare(&[append("a-1", ExpectedRevision::Any, &[1])], 10).unwrap();
     drop(dropped);
-    assert_eq!(log.next_offset(), 0, "a prepared batch that is dropped writes nothing");
+    assert_eq!(log.next_offset(), Offset(0), "a prepared batch that is dropped writes nothing");
     assert_eq!(log.at_consistent_cut(Ok).unwrap(), 0);
 }

@@ -337,8 +337,8 @@ fn decode_batch(
     while payload.position() < raw.len() {
         let bytes = payload.long_bytes()?;
         let record = decode_record(bytes)?;
-        let after = records.last().map(|(r, _)| r.offset);
-        if record.offset < base_offset || after.is_some_and(|a| record.offset <= a) {
+        let after = records.last().map(|(r, _)| r.offset.0);
+        if record.offset.0 < base_offset || after.is_some_and(|a| record.offset.0 <= a) {
             return Err(inconsistent(format!("{what}: offset {} out of order", record.offset)));
         }
         // A decoded record is at least its CRC long.
@@ -347,8 +347,8 @@ fn decode_batch(
         records.push((record, crc));
     }
     let matches = records.len() == count as usize
-        && records.first().map(|(r, _)| r.offset) == Some(first_offset)
-        && records.last().map(|(r, _)| r.offset) == Some(last_offset);
+        && records.first().map(|(r, _)| r.offset.0) == Some(first_offset)
+        && records.last().map(|(r, _)| r.offset.0) == Some(last_offset);
     if !matches {
         return Err(inconsistent(format!("{what}: records do not match its count or offsets")));
     }

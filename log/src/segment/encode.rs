@@ -18,6 +18,7 @@ use super::fold_chain;
 use crate::error::Error;
 use crate::error::Result;
 use crate::event::RecordedEvent;
+use crate::ids::Offset;
 use crate::partition::PartitionLog;
 use crate::record::encode_record;
 
@@ -83,15 +84,16 @@ impl<W: Write> SegmentEncoder<W> {
     /// Adds a record. Offsets must be at least the base offset and strictly increasing (gaps are allowed:
     /// a filtered segment keeps original offsets).
     pub fn push(&mut self, event: &RecordedEvent) -> Result<()> {
-        if event.offset < self.base_offset || self.last_offset.is_some_and(|last| event.offset <= last) {
+        let offset = event.offset.0;
+        if offset < self.base_offset || self.last_offset.is_some_and(|last| offset <= last) {
             return Err(SegmentError::Encode(format!(
-                "offset {} after {:?} in a segment based at {}",
-                event.offset, self.last_offset, self.base_offset
+                "offset {offset} after {:?} in a segment based at {}",
+                self.last_offset, self.base_offset
             ))
             .into());
         }
         if self.pending_records == 0 {
-            self.pending_first = event.offset;
+            self.pending_first = offset;
         }
         let ordinal = u32::try_from(self.index.batches.len())
             .map_err(|_| SegmentError::Encode("more than u32::MAX batches".to_owned()))?;
@@ -106,7 +108,7 @@ impl<W: Write> SegmentEncoder<W> {
         note_batch(&mut self.index.types, &event.event_type, ordinal);
         self.pending_records += 1;
         self.record_count += 1;
-        self.last_offset = Some(event.offset);
+        self.last_offset = Some(offset);
         if self.pending.len() >= self.batch_bytes {
             self.flush_batch()?;
         }
@@ -185,7 +187,7 @@ pub fn encode_partition_range(
     previous_chain: u32,
     next_offset: u64,
 ) -> Result<(Vec<u8>, SegmentSummary)> {
-    if header.partition != log.partition() || next_offset > log.next_offset() || next_offset < header.base_offset {
+    if header.partition != log.partition().0 || next_offset > log.next_offset().0 || next_offset < header.base_offset {
         return Err(SegmentError::Encode(format!(
             "range [{}, {next_offset}) of partition {} is not in partition {} (next offset {})",
             header.base_offset,
@@ -196,7 +198,7 @@ pub fn encode_partition_range(
         .into());
     }
     let mut encoder = SegmentEncoder::new(Vec::new(), header, previous_chain)?;
-    for event in log.read_partition(header.base_offset, next_offset - header.base_offset) {
+    for event in log.read_partition(Offset(header.base_offset), next_offset - header.base_offset) {
         encoder.push(&event?)?;
     }
     encoder.finish(next_offset)

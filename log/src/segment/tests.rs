@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::*;
 use crate::error::Error;
 use crate::event::RecordedEvent;
+use crate::ids::Offset;
 use crate::record::tests::arb_event;
 
 fn header(base_offset: u64) -> SegmentHeader {
@@ -20,7 +21,7 @@ fn arb_run(base: u64) -> impl Strategy<Value = Vec<RecordedEvent>> {
         let mut offset = base;
         for (event, step) in events.iter_mut().zip(steps) {
             offset += if gaps { step } else { 0 };
-            event.offset = offset;
+            event.offset = Offset(offset);
             offset += 1;
         }
         events
@@ -32,7 +33,7 @@ fn encode(events: &[RecordedEvent], base: u64, previous_chain: u32, batch_bytes:
     for event in events {
         encoder.push(event).unwrap();
     }
-    let next = events.last().map_or(base, |e| e.offset + 1) + 5;
+    let next = events.last().map_or(base, |e| e.offset.0 + 1) + 5;
     encoder.finish(next).unwrap()
 }
 
@@ -49,7 +50,7 @@ proptest! {
             for &ordinal in batches {
                 let batch = segment.index.batches[ordinal as usize];
                 prop_assert!(events.iter().any(|e| &e.stream == stream
-                    && (batch.first_offset..=batch.last_offset).contains(&e.offset)));
+                    && (batch.first_offset..=batch.last_offset).contains(&e.offset.0)));
             }
         }
     }
@@ -86,14 +87,14 @@ fn chains_link_consecutive_segments() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     for offset in 0..20u64 {
         let mut event = arb_event().new_tree(&mut runner).unwrap().current();
-        event.offset = offset;
+        event.offset = Offset(offset);
         events.push(event);
     }
     let (first, first_summary) = encode(&events[..10], 0, CHAIN_SEED, 256);
     let mut encoder = SegmentEncoder::new(Vec::new(), &header(15), first_summary.chain_checksum).unwrap();
     for event in &events[10..] {
         let mut event = event.clone();
-        event.offset += 5;
+        event.offset = Offset(event.offset.0 + 5);
         encoder.push(&event).unwrap();
     }
     let (second, _) = encoder.finish(25).unwrap();
@@ -107,9 +108,9 @@ fn encoder_refuses_out_of_order_offsets_and_a_short_range() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut event = arb_event().new_tree(&mut runner).unwrap().current();
     let mut encoder = SegmentEncoder::new(Vec::new(), &header(10), CHAIN_SEED).unwrap();
-    event.offset = 9;
+    event.offset = Offset(9);
     assert!(encoder.push(&event).is_err(), "below base");
-    event.offset = 12;
+    event.offset = Offset(12);
     encoder.push(&event).unwrap();
     assert!(encoder.push(&event).is_err(), "repeated offset");
     assert!(encoder.finish(12).is_err(), "next offset must pass the last record");
@@ -135,7 +136,7 @@ proptest! {
         prop_assume!(!events.is_empty());
         let (_, whole) = encode_exact(&events, 0, CHAIN_SEED, first_batch, &header(0));
         let cut = cut.index(events.len());
-        let split = events[cut].offset;
+        let split = events[cut].offset.0;
         let (_, first) = encode_exact(&events[..cut], 0, CHAIN_SEED, second_batch, &header(0));
         let other_cluster = SegmentHeader { cluster_id: Uuid::from_u128(1), region: "elsewhere".to_owned(), ..header(split) };
         let (_, second) = encode_exact(&events[cut..], split, first.chain_checksum, first_batch, &other_cluster);
@@ -156,7 +157,7 @@ fn encode_exact(
     for event in events {
         encoder.push(event).unwrap();
     }
-    encoder.finish(events.last().map_or(base, |e| e.offset + 1)).unwrap()
+    encoder.finish(events.last().map_or(base, |e| e.offset.0 + 1)).unwrap()
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn a_reader_reads_only_the_batches_of_one_stream() {
     let events: Vec<RecordedEvent> = (0..60u64)
         .map(|offset| {
             let mut event = arb_event().new_tree(&mut runner).unwrap().current();
-            event.offset = offset;
+            event.offset = Offset(offset);
             event.stream = if offset % 20 == 7 { "rare-1".to_owned() } else { format!("common-{}", offset % 3) };
             event
         })
