@@ -130,7 +130,14 @@ pub struct SegmentCatalog {
     cluster_id: Mutex<Option<Uuid>>,
     policy: SealPolicy,
     /// Per partition: its segments in offset order, and the sealer's progress past the last one.
-    partitions: Vec<Mutex<PartitionSegments>>,
+    partitions: Vec<PartitionSlot>,
+}
+
+/// One partition's segments. `work` is held while a segment is sealed or the catalog replaced (slow: file
+/// writes and fsyncs); `state` only for a moment, so readers of the catalog never wait behind a seal.
+struct PartitionSlot {
+    work: Mutex<()>,
+    state: Mutex<PartitionSegments>,
 }
 
 #[derive(Default)]
@@ -181,7 +188,8 @@ impl SegmentCatalog {
             }
             remove_uncatalogued(&partition_dir, &sealed);
             let next = sealed.last().map_or(0, |s| s.next_offset);
-            partitions.push(Mutex::new(PartitionSegments { sealed, scan: Scan { next, ..Scan::default() } }));
+            let state = Mutex::new(PartitionSegments { sealed, scan: Scan { next, ..Scan::default() } });
+            partitions.push(PartitionSlot { work: Mutex::new(()), state });
         }
         Ok(SegmentCatalog {
             db,
@@ -226,7 +234,7 @@ impl SegmentCatalog {
 
     /// The sealed segments of `partition`, in offset order.
     pub fn sealed(&self, partition: u32) -> Result<Vec<SealedSegment>> {
-        Ok(self.lock(partition)?.sealed.clone())
+        Ok(self.slot(partition)?.state().sealed.clone())
     }
 
     /// Where `segment`'s file is.
@@ -252,7 +260,7 @@ impl SegmentCatalog {
             )));
         }
         let partition = log.partition().0;
-        let start = self.lock(partition)?.sealed.iter().rev().find(|s| s.next_offset <= offset).copied();
+        let start = self.slot(partition)?.state().sealed.iter().rev().find(|s| s.next_offset <= offset).copied();
         let (mut chain, from) = start.map_or((CHAIN_SEED, 0), |s| (s.chain_checksum, s.next_offset));
         let mut next = from;
         scan_raw(&self.db, partition, from, offset, |_, record| {
@@ -283,16 +291,19 @@ impl SegmentCatalog {
         Ok(sealed)
     }
 
-    /// Seals the next segment if the applied records complete it. Holds the partition's catalog throughout,
-    /// so a snapshot install cannot replace the catalog under it.
+    /// Seals the next segment if the applied records complete it. Holds the partition's work lock
+    /// throughout, so a snapshot install cannot replace the catalog under it.
     fn seal_next(&self, log: &PartitionLog) -> Result<Option<SealedSegment>> {
         let Some(identity) = self.identity() else { return Ok(None) };
         let partition = log.partition().0;
         let applied = log.next_offset().0;
-        let mut state = self.lock(partition)?;
-        let last = state.sealed.last();
-        let (base, previous_chain) = (last.map_or(0, |s| s.next_offset), last.map_or(CHAIN_SEED, |s| s.chain_checksum));
-        let mut scan = state.scan;
+        let slot = self.slot(partition)?;
+        let _work = lock(&slot.work);
+        let (base, previous_chain, mut scan) = {
+            let state = slot.state();
+            let last = state.sealed.last();
+            (last.map_or(0, |s| s.next_offset), last.map_or(CHAIN_SEED, |s| s.chain_checksum), state.scan)
+        };
         if scan.next < base || scan.next > applied {
             // A rewind (power loss) or a new segment: look again from the segment's base.
             scan = Scan { next: base, ..Scan::default() };
@@ -315,10 +326,11 @@ impl SegmentCatalog {
             Ok(true)
         })?;
         let Some(next_offset) = cut else {
-            state.scan = scan;
+            slot.state().scan = scan;
             return Ok(None);
         };
         let segment = self.write_segment(log, &identity, base, next_offset, previous_chain)?;
+        let mut state = slot.state();
         state.sealed.push(segment);
         state.scan = Scan { next: next_offset, ..Scan::default() };
         Ok(Some(segment))
@@ -390,17 +402,27 @@ impl SegmentCatalog {
     /// partition until the replacement is committed or dropped.
     pub fn replace(&self, partition: u32, segments: Vec<SealedSegment>) -> Result<CatalogReplacement<'_>> {
         let catalog_cf = cf(&self.db, keys::CF_SEGMENTS)?;
-        let state = self.lock(partition)?;
-        Ok(CatalogReplacement { catalog: self, catalog_cf, partition, segments, state })
+        let slot = self.slot(partition)?;
+        Ok(CatalogReplacement { catalog: self, catalog_cf, partition, segments, slot, _work: lock(&slot.work) })
     }
 
-    fn lock(&self, partition: u32) -> Result<std::sync::MutexGuard<'_, PartitionSegments>> {
-        let state = self.partitions.get(partition as usize).ok_or(Error::NoSuchPartition {
+    fn slot(&self, partition: u32) -> Result<&PartitionSlot> {
+        self.partitions.get(partition as usize).ok_or(Error::NoSuchPartition {
             partition,
             partitions: u32::try_from(self.partitions.len()).unwrap_or(u32::MAX),
-        })?;
-        Ok(state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
     }
+}
+
+impl PartitionSlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, PartitionSegments> {
+        lock(&self.state)
+    }
+}
+
+/// Locks `mutex`; the data it guards is replaced whole, so a panic elsewhere cannot leave it torn.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A catalog replacement in progress; see [`SegmentCatalog::replace`].
@@ -409,7 +431,8 @@ pub struct CatalogReplacement<'a> {
     catalog_cf: &'a rocksdb::ColumnFamily,
     partition: u32,
     segments: Vec<SealedSegment>,
-    state: std::sync::MutexGuard<'a, PartitionSegments>,
+    slot: &'a PartitionSlot,
+    _work: std::sync::MutexGuard<'a, ()>,
 }
 
 impl CatalogReplacement<'_> {
@@ -429,7 +452,7 @@ impl CatalogReplacement<'_> {
         remove_uncatalogued(&self.catalog.dir.join(self.partition.to_string()), &self.segments);
         let next = self.segments.last().map_or(0, |s| s.next_offset);
         let segments = std::mem::take(&mut self.segments);
-        *self.state = PartitionSegments { sealed: segments, scan: Scan { next, ..Scan::default() } };
+        *self.slot.state() = PartitionSegments { sealed: segments, scan: Scan { next, ..Scan::default() } };
     }
 }
 
