@@ -73,12 +73,14 @@ struct StoredSnapshot {
 }
 
 /// A received snapshot being installed: kept (synced) until the install is complete, so a crash midway
-/// finishes it at the next open.
+/// finishes it at the next open. File names are made here, never from what a peer sent (its snapshot id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Installing {
     meta: SnapshotMeta,
     /// The received file, in the group's snapshot directory.
     received_file: String,
+    /// The file its tail frames are kept in once installed, in the same directory.
+    tail_file: String,
 }
 
 /// Everything a group's state machine and snapshot builder share.
@@ -282,7 +284,8 @@ impl Shared {
     fn install(&self, meta: &SnapshotMeta, received: &std::path::Path) -> Result<(), StorageError> {
         let _serial = self.lock_snapshot_work();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let received_file = format!("{}.received", uuid::Uuid::now_v7().simple());
+        let local_name = uuid::Uuid::now_v7().simple();
+        let received_file = format!("{local_name}.received");
         let path = self.snapshot_path(&received_file);
         std::fs::File::open(received)
             .and_then(|f| f.sync_all())
@@ -293,7 +296,7 @@ impl Shared {
         for frame in frames {
             frame.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
         }
-        let installing = Installing { meta: meta.clone(), received_file };
+        let installing = Installing { meta: meta.clone(), received_file, tail_file: format!("{local_name}.tail") };
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.meta_cf()?,
@@ -311,7 +314,7 @@ impl Shared {
         let subject = ErrorSubject::Snapshot(Some(installing.meta.signature()));
         self.learn_cluster_id(installing.meta.last_membership.membership(), &subject)?;
         let received = self.snapshot_path(&installing.received_file);
-        let tail_file = format!("{}.tail", installing.meta.snapshot_id);
+        let tail_file = installing.tail_file.clone();
         let mut tail = BufWriter::new(
             std::fs::File::create(self.snapshot_path(&tail_file))
                 .map_err(io_error(subject.clone(), ErrorVerb::Write))?,

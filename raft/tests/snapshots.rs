@@ -117,3 +117,46 @@ async fn a_snapshot_moves_a_partition_between_nodes() {
     assert!(follower_sm.install_snapshot(&meta, receiving).await.is_err());
     assert_eq!(partition_bytes(&follower), before);
 }
+
+/// Every file a directory tree holds, as paths relative to it.
+fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_snapshot_id_never_names_a_file() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(leader_dir.path());
+    leader.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
+    let (_, mut leader_sm) = leader.group(0).unwrap();
+    leader_sm.apply(vec![append_entry(1, &["order-1"])]).await.unwrap();
+    let mut snapshot = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    snapshot.snapshot.read_to_end(&mut bytes).await.unwrap();
+
+    std::fs::create_dir(follower_dir.path().join("node")).unwrap();
+    let follower = open(&follower_dir.path().join("node"));
+    let (_, mut follower_sm) = follower.group(0).unwrap();
+    let mut receiving = follower_sm.begin_receiving_snapshot().await.unwrap();
+    receiving.write_all(&bytes).await.unwrap();
+    receiving.shutdown().await.unwrap();
+    let mut meta = snapshot.meta.clone();
+    meta.snapshot_id = "../../../escaped".to_owned();
+    follower_sm.install_snapshot(&meta, receiving).await.unwrap();
+    assert_eq!(partition_bytes(&follower), partition_bytes(&leader));
+    let outside: Vec<_> = files_under(follower_dir.path()).into_iter().filter(|p| !p.starts_with("node")).collect();
+    assert!(outside.is_empty(), "files outside the node's data dir: {outside:?}");
+    assert_eq!(follower_sm.get_current_snapshot().await.unwrap().unwrap().meta, meta);
+}
