@@ -190,9 +190,12 @@ impl NodeBuilder {
 pub fn public_api(node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()> {
     let store = node.groups.log_store().clone();
     let region = node.config.region.clone();
+    // An append request is decoded only if the limits could let it through (its events counted before any
+    // conversion): the decode limit sits just above the append limit, not at the transport's.
+    let decode_limit = node.config.limits.max_append_request_bytes();
     routes.add_service(
         EventStoreServer::new(EventStoreService::new(node.router.clone(), store, region.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     routes.add_service(ClusterServer::new(ClusterService::new(node.router.clone(), region)));

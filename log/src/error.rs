@@ -98,10 +98,10 @@ pub enum InvalidInput {
         /// The configured maximum in bytes.
         max: usize,
     },
-    /// The events of one append carry more data than the limit.
-    #[error("append carries {len} bytes of data; the limit per append is {max} bytes")]
+    /// The events of one append carry more data and metadata than the limit.
+    #[error("append carries {len} bytes of data and metadata; the limit per append is {max} bytes")]
     AppendTooLarge {
-        /// The sum of the events' data lengths.
+        /// The sum of the events' data and metadata lengths.
         len: usize,
         /// The configured maximum in bytes.
         max: usize,
@@ -173,6 +173,12 @@ pub enum Rejection {
         /// The stream.
         stream: String,
     },
+    /// The append carries no events (only a forged or corrupt entry can: validation refuses it before).
+    #[error("an append to stream {stream} carries no events")]
+    EmptyAppend {
+        /// The stream.
+        stream: String,
+    },
     /// The stream does not hash to the partition the append was sent to.
     #[error("stream {stream} belongs to partition {expected}, not partition {actual}")]
     WrongPartition {
@@ -215,6 +221,7 @@ impl Rejection {
             Rejection::PartialRetry { .. } => "PARTIAL_RETRY",
             Rejection::RetryOutOfOrder { .. } => "RETRY_OUT_OF_ORDER",
             Rejection::WrongPartition { .. } => "WRONG_PARTITION",
+            Rejection::EmptyAppend { .. } => "EMPTY_APPEND",
         }
     }
 
@@ -226,6 +233,7 @@ impl Rejection {
                 StatusKind::AlreadyExists
             }
             Rejection::WrongPartition { .. } => StatusKind::Internal,
+            Rejection::EmptyAppend { .. } => StatusKind::InvalidArgument,
         }
     }
 }

@@ -95,6 +95,21 @@ pub struct AppendRequest {
     pub events: Vec<ProposedEvent>,
 }
 
+impl AppendRequest {
+    /// What the append carries in bytes: every event's data and metadata (keys and values). The measure of
+    /// the per-append limit and of a Raft entry's size.
+    pub fn payload_bytes(&self) -> usize {
+        self.events.iter().map(ProposedEvent::payload_bytes).sum()
+    }
+}
+
+impl ProposedEvent {
+    /// The event's data and metadata (keys and values), in bytes.
+    pub fn payload_bytes(&self) -> usize {
+        self.data.len() + self.metadata.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>()
+    }
+}
+
 /// An event as the log holds it: the proposed event plus its place and commit time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedEvent {

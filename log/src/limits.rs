@@ -25,8 +25,11 @@ pub struct Limits {
     pub max_event_type_bytes: usize,
     /// Largest `data` of one event, in bytes.
     pub max_event_data_bytes: usize,
-    /// Largest sum of `data` over one append, in bytes.
-    pub max_append_data_bytes: usize,
+    /// Largest sum of `data` and metadata (keys and values) over one append, in bytes: what the append costs
+    /// in a Raft entry, so entries stay within what the transport carries. (`max_append_data_bytes`, its name
+    /// before metadata counted, is still read.)
+    #[serde(alias = "max_append_data_bytes")]
+    pub max_append_bytes: usize,
     /// Largest metadata of one event (keys and values together), in bytes.
     pub max_metadata_bytes: usize,
     /// Most events in one append.
@@ -39,7 +42,7 @@ impl Default for Limits {
             max_stream_name_bytes: 255,
             max_event_type_bytes: 255,
             max_event_data_bytes: 1024 * 1024,
-            max_append_data_bytes: 4 * 1024 * 1024,
+            max_append_bytes: 4 * 1024 * 1024,
             max_metadata_bytes: 64 * 1024,
             max_events_per_append: 10_000,
         }
@@ -91,18 +94,27 @@ impl Limits {
             return Err(InvalidInput::TooManyEvents { count, max: self.max_events_per_append });
         }
         let mut seen = HashSet::with_capacity(count);
-        let mut total_data = 0usize;
         for (index, event) in request.events.iter().enumerate() {
             self.validate_event(index, event)?;
             if !seen.insert(event.id) {
                 return Err(InvalidInput::DuplicateEventId { id: event.id });
             }
-            total_data += event.data.len();
         }
-        if total_data > self.max_append_data_bytes {
-            return Err(InvalidInput::AppendTooLarge { len: total_data, max: self.max_append_data_bytes });
+        let total = request.payload_bytes();
+        if total > self.max_append_bytes {
+            return Err(InvalidInput::AppendTooLarge { len: total, max: self.max_append_bytes });
         }
         Ok(())
+    }
+
+    /// The largest encoded append request a transport should decode: the append limit plus room for every
+    /// event's envelope (a 16-byte id, a type and a content type at their longest, field framing) and 64 KiB
+    /// of slack for the rest of the framing. A larger request is refused before it is decoded, so no request
+    /// costs much more memory than a valid one. (An append under the payload limit whose metadata is
+    /// thousands of tiny pairs can still exceed it: it is refused as too large, and writes nothing.)
+    pub fn max_append_request_bytes(&self) -> usize {
+        const EVENT_ENVELOPE_BYTES: usize = 16 + 2 * FORMAT_MAX_NAME_BYTES + 64;
+        self.max_append_bytes + self.max_events_per_append * EVENT_ENVELOPE_BYTES + 64 * 1024
     }
 
     fn validate_event(&self, index: usize, event: &ProposedEvent) -> Result<(), InvalidInput> {
@@ -227,6 +239,32 @@ mod tests {
             limits.validate_append(&append("s", events)),
             Err(InvalidInput::AppendTooLarge { len: 5 * 1024 * 1024, max: 4 * 1024 * 1024 })
         );
+    }
+
+    #[test]
+    fn metadata_counts_toward_the_append_total() {
+        // 100 events of 1 KiB data and 40 KiB metadata each: 4.1 MB, over the 4 MiB limit by metadata alone.
+        let events: Vec<_> = (0..100)
+            .map(|_| {
+                let mut e = event();
+                e.data = vec![b' '; 1024];
+                e.metadata.insert("trace".to_owned(), "x".repeat(40 * 1024));
+                e
+            })
+            .collect();
+        let len = 100 * (1024 + 5 + 40 * 1024);
+        assert_eq!(
+            Limits::default().validate_append(&append("s", events)),
+            Err(InvalidInput::AppendTooLarge { len, max: 4 * 1024 * 1024 })
+        );
+    }
+
+    #[test]
+    fn the_decode_limit_sits_just_above_the_append_limit() {
+        let limits = Limits::default();
+        let decode = limits.max_append_request_bytes();
+        assert!(decode > limits.max_append_bytes + limits.max_events_per_append * 16, "room for every event's id");
+        assert!(decode < 16 * 1024 * 1024, "{decode} bytes: far below the transport's 64 MiB");
     }
 
     #[test]

@@ -295,6 +295,10 @@ impl<'a> PendingBatch<'a> {
     /// Decides one append: `Ok(Err(_))` is a deterministic rejection, `Err(_)` a storage failure.
     fn apply(&mut self, request: &AppendRequest) -> Result<AppendResult> {
         let stream = request.stream.as_str();
+        if request.events.is_empty() {
+            // Validation refuses it before any entry is proposed; a forged or corrupt entry must not crash apply.
+            return Ok(Err(Rejection::EmptyAppend { stream: stream.to_owned() }));
+        }
         let owner = self.log.owner_of(stream);
         if owner != self.log.partition {
             return Ok(Err(Rejection::WrongPartition {

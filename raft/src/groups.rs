@@ -165,7 +165,7 @@ pub struct GroupsConfig {
     pub entries_kept_after_snapshot: u64,
     /// Most appends in one Raft entry.
     pub max_batch_appends: usize,
-    /// Most data bytes in one Raft entry (a single larger append goes alone).
+    /// Most data and metadata bytes in one Raft entry (a single larger append goes alone).
     pub max_batch_bytes: usize,
     /// Raft entries a leader keeps in flight per partition.
     pub max_entries_in_flight: usize,
@@ -466,12 +466,12 @@ impl Batcher {
         while let Some(first) = queue.recv().await {
             let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
             let open = self.gate.clone().read_owned().await;
-            let mut bytes = data_bytes(&first.request);
+            let mut bytes = first.request.payload_bytes();
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_appends && bytes < self.config.max_batch_bytes {
                 match queue.try_recv() {
                     Ok(pending) => {
-                        bytes += data_bytes(&pending.request);
+                        bytes += pending.request.payload_bytes();
                         batch.push(pending);
                     }
                     Err(_) => break,
@@ -531,8 +531,4 @@ fn ack_before_majority(raft: &GroupRaft, log: &PartitionLog, batch: Vec<Pending>
     }
     let raft = raft.clone();
     tokio::spawn(async move { raft.client_write(Command::Append { appends, commit_time_micros }).await });
-}
-
-fn data_bytes(request: &AppendRequest) -> usize {
-    request.events.iter().map(|e| e.data.len()).sum()
 }

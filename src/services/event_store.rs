@@ -103,8 +103,13 @@ impl EventStore for EventStoreService {
 
     async fn append(&self, request: Request<v1::AppendRequest>) -> Result<Response<v1::AppendResponse>, Status> {
         let (metadata, _, wire) = request.into_parts();
-        let append = pb::append_request(wire.clone())?;
         let groups = self.router.groups();
+        // Counted before anything is converted: a request of millions of empty events costs nothing more.
+        let (count, max) = (wire.events.len(), groups.limits().max_events_per_append);
+        if count > max {
+            return Err(pb::group_error(fjord_log::InvalidInput::TooManyEvents { count, max }.into()));
+        }
+        let append = pb::append_request(wire.clone())?;
         groups.limits().validate_append(&append).map_err(|e| pb::group_error(e.into()))?;
         let group = groups.group_of(&append.stream);
         let channel = match self.router.leader(group, &metadata).await? {

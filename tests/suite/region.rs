@@ -149,3 +149,41 @@ async fn under_contention_exactly_one_writer_wins_each_revision() {
     let distinct: BTreeSet<_> = stored.iter().collect();
     assert_eq!(distinct.len(), stored.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_before_they_are_converted_and_write_nothing() {
+    let region = TestRegion::start(3, 1).await;
+    let mut client = region.nodes[1].store().await;
+
+    // Metadata counts toward the per-append total: 100 events of 1 KiB data and 40 KiB metadata (4.2 MB).
+    let mut heavy = append("s-1", None, &(1..=100).collect::<Vec<_>>());
+    for event in &mut heavy.events {
+        event.data = vec![b'x'; 1024];
+        event.metadata.insert("trace".to_owned(), "x".repeat(40 * 1024));
+    }
+    let status = client.append(heavy).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("data and metadata"), "{status:?}");
+
+    // More events than an append may carry: refused by count, before any event is converted.
+    let mut many = append("s-1", None, &[]);
+    many.events = vec![v1::ProposedEvent { r#type: "T".to_owned(), ..Default::default() }; 20_000];
+    let status = client.append(many).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("20000 events"), "{status:?}");
+
+    // 10,000 empty events and a 60 MiB metadata map: far over what the limits could let through, refused
+    // before it is decoded (the decode limit sits just above the append limit, not at 64 MiB).
+    let mut huge = append("s-1", None, &[]);
+    huge.events = vec![v1::ProposedEvent::default(); 10_000];
+    huge.events[0].metadata = (0..60).map(|i| (format!("k{i}"), "v".repeat(1024 * 1024))).collect();
+    let status = client.append(huge).await.unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // Nothing was written, and the node still serves.
+    for node in &region.nodes {
+        assert!(region.local_partition(node.id, 0).await.is_empty(), "node {} wrote something", node.id);
+    }
+    client.append(append("s-1", None, &[1])).await.unwrap();
+}

@@ -354,6 +354,19 @@ proptest! {
 }
 
 #[test]
+fn an_empty_append_in_a_batch_is_rejected_not_a_crash() {
+    // Validation refuses empty appends before any entry is proposed; a forged or corrupt entry carrying one
+    // must not panic apply (which would fail the same way on every restart).
+    let (_dir, store) = store(1);
+    let log = store.partition(0).unwrap();
+    let empty = AppendRequest { stream: "s-1".to_owned(), expected: ExpectedRevision::Any, events: Vec::new() };
+    let outcomes = log.apply(&[empty, append("s-1", ExpectedRevision::Any, &[1])], 1_000, Durability::Sync).unwrap();
+    assert_eq!(outcomes[0], Err(Rejection::EmptyAppend { stream: "s-1".to_owned() }));
+    assert!(outcomes[1].is_ok());
+    assert_eq!(log.next_offset(), Offset(1), "the empty append wrote nothing");
+}
+
+#[test]
 fn restore_rebuilds_a_partition_from_its_records() {
     let (_dir, source) = store(1);
     let log = source.partition(0).unwrap();
