@@ -14,6 +14,7 @@ use fjord_proto::v1::cluster_server::ClusterServer;
 use fjord_proto::v1::event_store_server::EventStoreServer;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransportServer;
 use fjord_raft::NodeId;
+use fjord_raft::NodeIdentity;
 use fjord_raft::NodeStorage;
 use fjord_raft::groups::Groups;
 use fjord_raft::groups::GroupsConfig;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
@@ -88,15 +90,31 @@ pub struct NodeContext {
 /// register with a [`NodeBuilder`], so a new one plugs in without editing the node's start-up.
 pub trait NodeService: Send {
     /// Adds this part's gRPC services to `routes`, built from `node`.
-    fn register(self: Box<Self>, node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()>;
+    fn register(self: Box<Self>, node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()>;
 }
 
 impl<F> NodeService for F
 where
-    F: FnOnce(&NodeContext, &mut RoutesBuilder) -> anyhow::Result<()> + Send,
+    F: FnOnce(&NodeContext, &mut NodeRoutes) -> anyhow::Result<()> + Send,
 {
-    fn register(self: Box<Self>, node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()> {
+    fn register(self: Box<Self>, node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()> {
         self(node, routes)
+    }
+}
+
+/// The gRPC services a node serves, and which of them server reflection advertises: public services are
+/// advertised, node-to-node ones (the Raft transport) never are.
+#[derive(Default)]
+pub struct NodeRoutes {
+    /// Every service the node serves.
+    pub routes: RoutesBuilder,
+    advertised: Vec<&'static str>,
+}
+
+impl NodeRoutes {
+    /// Advertises `service` (about to be added to [`NodeRoutes::routes`]) in server reflection.
+    pub fn advertise<S: NamedService>(&mut self, _service: &S) {
+        self.advertised.push(S::NAME);
     }
 }
 
@@ -126,8 +144,8 @@ impl NodeBuilder {
         anyhow::ensure!(config.node_id > 0, "node_id must be at least 1");
         config.limits.check().map_err(|e| anyhow::anyhow!("limits: {e}"))?;
         let (data_dir, store, seal) = (config.data_dir.clone(), config.store.clone(), config.segments.clone());
-        let region = config.region.clone();
-        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, &region, seal))
+        let identity = NodeIdentity { node_id: config.node_id, region: config.region.clone() };
+        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, &identity, seal))
             .await?
             .with_context(|| format!("opening the node's storage in {}", config.data_dir.display()))?;
         let listener =
@@ -142,39 +160,42 @@ impl NodeBuilder {
         let context =
             NodeContext { config, groups: groups.clone(), router: Router::new(groups.clone(), peers), health };
 
-        let mut routes = RoutesBuilder::default();
-        routes.add_service(
+        let mut routes = NodeRoutes::default();
+        routes.routes.add_service(
             RaftTransportServer::new(groups.transport_service())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
-        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
-        // describing our services and the health service.
-        let described = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        routes
-            .add_service(health_service)
-            .add_service(described().build_v1()?)
-            .add_service(described().build_v1alpha()?);
+        routes.advertise(&health_service);
+        routes.routes.add_service(health_service);
         for service in self.services {
             service.register(&context, &mut routes)?;
         }
+        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
+        // describing the advertised services only: the node-to-node transport is nobody else's business.
+        let described = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            routes.advertised.iter().fold(builder, |builder, name| builder.with_service_name(*name))
+        };
+        let (reflection, reflection_v1alpha) = (described().build_v1()?, described().build_v1alpha()?);
+        routes.routes.add_service(reflection).add_service(reflection_v1alpha);
+        tokio::spawn(report_ready(context.groups.clone(), context.health.clone()));
         // Replies are small and latency-bound: no Nagle delay (the builder's own nodelay setting does not
         // reach a listener we bound ourselves), and keepalives find dead peers.
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(std::time::Duration::from_secs(10)));
         let (stop, stopped) = oneshot::channel::<()>();
-        let server =
-            tokio::spawn(tonic::transport::Server::builder().add_routes(routes.routes()).serve_with_incoming_shutdown(
+        let server = tokio::spawn(
+            tonic::transport::Server::builder().add_routes(routes.routes.routes()).serve_with_incoming_shutdown(
                 incoming,
                 async {
                     let _ = stopped.await;
                 },
-            ));
+            ),
+        );
 
         let config = &context.config;
         let lowest = config.initial_members.keys().next().copied();
@@ -186,21 +207,33 @@ impl NodeBuilder {
     }
 }
 
+/// Reports the event store as serving on `grpc.health.v1` once this node knows a leader of every partition
+/// (until then a request would only wait for an election); not serving before.
+async fn report_ready(groups: Arc<Groups>, health: HealthReporter) {
+    health.set_not_serving::<EventStoreServer<EventStoreService>>().await;
+    for group in 0..groups.group_count() {
+        while groups.leader(group, std::time::Duration::from_secs(5)).await.is_err() {
+            tracing::info!(partition = group, "no leader known yet; not ready");
+        }
+    }
+    health.set_serving::<EventStoreServer<EventStoreService>>().await;
+    tracing::info!("every partition has a leader: ready");
+}
+
 /// The public API every node serves: `EventStore` and `Cluster`.
-pub fn public_api(node: &NodeContext, routes: &mut RoutesBuilder) -> anyhow::Result<()> {
+pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()> {
     let store = node.groups.log_store().clone();
     let region = node.config.region.clone();
     // An append request is decoded only if the limits could let it through (its events counted before any
     // conversion): the decode limit sits just above the append limit, not at the transport's.
     let decode_limit = node.config.limits.max_append_request_bytes();
-    routes.add_service(
-        EventStoreServer::new(EventStoreService::new(node.router.clone(), store, region.clone()))
-            .max_decoding_message_size(decode_limit)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    );
-    routes.add_service(ClusterServer::new(ClusterService::new(node.router.clone(), region)));
-    let health = node.health.clone();
-    tokio::spawn(async move { health.set_serving::<EventStoreServer<EventStoreService>>().await });
+    let event_store = EventStoreServer::new(EventStoreService::new(node.router.clone(), store, region.clone()))
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(ClusterService::new(node.router.clone(), region));
+    routes.advertise(&event_store);
+    routes.advertise(&cluster);
+    routes.routes.add_service(event_store).add_service(cluster);
     Ok(())
 }
 

@@ -15,6 +15,16 @@ pub(crate) const META_PURGED: &[u8] = b"purged";
 pub(crate) const META_APPLIED: &[u8] = b"applied";
 pub(crate) const META_SNAPSHOT: &[u8] = b"snapshot";
 pub(crate) const META_INSTALLING: &[u8] = b"installing";
+/// Which node of which region the data dir belongs to (under [`NODE_WIDE`]).
+pub(crate) const META_NODE_IDENTITY: &[u8] = b"node_identity";
+
+/// The key prefix of node-wide values in `raft_meta`: no group has this id (a store has fewer partitions).
+const NODE_WIDE: GroupId = GroupId::MAX;
+
+/// The `raft_meta` key of a node-wide value.
+pub(crate) fn node_key(name: &[u8]) -> Vec<u8> {
+    meta_key(NODE_WIDE, name)
+}
 
 pub(crate) fn entry_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut key = [0u8; 12];

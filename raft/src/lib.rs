@@ -34,6 +34,7 @@ pub use keys::RAFT_COLUMN_FAMILIES;
 pub use log_store::GroupLogStore;
 pub use snapshot::SnapshotFile;
 pub use state_machine::GroupStateMachine;
+pub use storage::NodeIdentity;
 pub use storage::NodeStorage;
 pub use types::Command;
 pub use types::CommandResult;

@@ -9,14 +9,57 @@ use fjord_log::LogStore;
 use fjord_log::StoreOptions;
 use fjord_log::sealed::SealPolicy;
 use fjord_log::sealed::SegmentCatalog;
+use serde::Deserialize;
+use serde::Serialize;
 
 use crate::keys::RAFT_COLUMN_FAMILIES;
 use crate::log_store::GroupLogStore;
 use crate::state_machine::GroupStateMachine;
 use crate::types::GroupId;
+use crate::types::NodeId;
 use crate::types::StorageError;
 use crate::wal_sync::WalSyncStats;
 use crate::wal_sync::WalSyncer;
+
+/// Which node of which region a data dir belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The node's id in its region.
+    pub node_id: NodeId,
+    /// The region's name.
+    pub region: String,
+}
+
+/// Records `identity` in a new store, or checks it against the one recorded.
+fn check_or_record_identity(store: &LogStore, identity: &NodeIdentity) -> fjord_log::Result<()> {
+    let db = store.db();
+    let meta = db
+        .cf_handle(crate::keys::CF_RAFT_META)
+        .ok_or_else(|| fjord_log::Error::Config("column family raft_meta is missing".to_owned()))?;
+    let key = crate::keys::node_key(crate::keys::META_NODE_IDENTITY);
+    match db.get_cf(meta, &key)? {
+        Some(bytes) => {
+            let recorded: NodeIdentity = postcard::from_bytes(&bytes)
+                .map_err(|e| fjord_log::Error::Corrupt { what: "node identity", detail: e.to_string() })?;
+            if &recorded != identity {
+                return Err(fjord_log::Error::Config(format!(
+                    "this data dir belongs to node {} of region {:?}; it was opened as node {} of region {:?}",
+                    recorded.node_id, recorded.region, identity.node_id, identity.region
+                )));
+            }
+            Ok(())
+        }
+        None => {
+            let bytes = postcard::to_allocvec(identity)
+                .map_err(|e| fjord_log::Error::Config(format!("encoding the node identity: {e}")))?;
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(meta, &key, bytes);
+            let mut options = rocksdb::WriteOptions::default();
+            options.set_sync(true);
+            Ok(db.write_opt(batch, &options)?)
+        }
+    }
+}
 
 /// A node's storage: the log store (with the Raft column families), its sealed segments, the snapshot
 /// directory, and the WAL syncer every group's Raft log shares.
@@ -28,12 +71,19 @@ pub struct NodeStorage {
 }
 
 impl NodeStorage {
-    /// Opens (or creates) the node's storage for the partitions of `region` under `data_dir`: the database in
-    /// `db/`, sealed segments in
-    /// `segments/<partition>/`, snapshots in `snapshots/<group>/`. Blocking.
-    pub fn open(data_dir: &Path, options: &StoreOptions, region: &str, seal: SealPolicy) -> fjord_log::Result<Self> {
+    /// Opens (or creates) the storage of node `identity` under `data_dir`: the database in `db/`, sealed
+    /// segments in `segments/<partition>/`, snapshots in `snapshots/<group>/`. A data dir is created for one
+    /// node of one region, recorded at creation: opened as another (a copied or mistyped dir, which would
+    /// reuse another node's vote and log) it is refused. Blocking.
+    pub fn open(
+        data_dir: &Path,
+        options: &StoreOptions,
+        identity: &NodeIdentity,
+        seal: SealPolicy,
+    ) -> fjord_log::Result<Self> {
         let store = LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES)?;
-        let segments = Arc::new(SegmentCatalog::open(&store, &data_dir.join("segments"), region, seal)?);
+        check_or_record_identity(&store, identity)?;
+        let segments = Arc::new(SegmentCatalog::open(&store, &data_dir.join("segments"), &identity.region, seal)?);
         let syncer = WalSyncer::start(store.db()).map_err(|error| fjord_log::Error::System {
             what: "starting the WAL sync thread",
             detail: error.to_string(),
@@ -71,5 +121,34 @@ impl NodeStorage {
             self.snapshots.join(group.to_string()),
         )?;
         Ok((GroupLogStore::new(db, group, self.syncer.clone()), state_machine))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn open(dir: &Path, node_id: NodeId, region: &str) -> fjord_log::Result<NodeStorage> {
+        let identity = NodeIdentity { node_id, region: region.to_owned() };
+        NodeStorage::open(
+            dir,
+            &StoreOptions { partitions: 1, ..StoreOptions::default() },
+            &identity,
+            SealPolicy::default(),
+        )
+    }
+
+    #[test]
+    fn a_data_dir_is_refused_under_another_node_id_or_region() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1, "eu-north").unwrap());
+        for (node_id, region) in [(2, "eu-north"), (1, "us-east")] {
+            let refused = open(dir.path(), node_id, region).err().unwrap();
+            assert_eq!(refused.reason(), "CONFIG", "{refused}");
+            assert!(refused.to_string().contains("belongs to node 1 of region \"eu-north\""), "{refused}");
+        }
+        drop(open(dir.path(), 1, "eu-north").unwrap());
     }
 }

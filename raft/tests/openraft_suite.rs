@@ -7,6 +7,7 @@ use fjord_log::StoreOptions;
 use fjord_log::sealed::SealPolicy;
 use fjord_raft::GroupLogStore;
 use fjord_raft::GroupStateMachine;
+use fjord_raft::NodeIdentity;
 use fjord_raft::NodeStorage;
 use fjord_raft::TypeConfig;
 use openraft::StorageError;
@@ -20,7 +21,13 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, TempDir> for Bui
     async fn build(&self) -> Result<(TempDir, GroupLogStore, GroupStateMachine), StorageError<u64>> {
         let dir = TempDir::new().unwrap();
         let options = StoreOptions { partitions: 2, ..StoreOptions::default() };
-        let storage = NodeStorage::open(dir.path(), &options, "test", SealPolicy::default()).unwrap();
+        let storage = NodeStorage::open(
+            dir.path(),
+            &options,
+            &NodeIdentity { node_id: 1, region: "test".to_owned() },
+            SealPolicy::default(),
+        )
+        .unwrap();
         // The suite's memberships carry no cluster id (its nodes are defaults); a node of a real region has
         // learned one before it builds a snapshot.
         storage.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();

@@ -12,6 +12,7 @@ use fjord_log::TailChange;
 use fjord_log::sealed::SealPolicy;
 use fjord_raft::Command;
 use fjord_raft::CommandResult;
+use fjord_raft::NodeIdentity;
 use fjord_raft::NodeStorage;
 use openraft::Entry;
 use openraft::EntryPayload;
@@ -24,7 +25,13 @@ use tokio::io::AsyncWriteExt;
 
 fn open(dir: &std::path::Path) -> NodeStorage {
     let seal = SealPolicy { segment_bytes: 2_000, ..SealPolicy::default() };
-    NodeStorage::open(dir, &StoreOptions { partitions: 1, ..StoreOptions::default() }, "test", seal).unwrap()
+    NodeStorage::open(
+        dir,
+        &StoreOptions { partitions: 1, ..StoreOptions::default() },
+        &NodeIdentity { node_id: 1, region: "test".to_owned() },
+        seal,
+    )
+    .unwrap()
 }
 
 fn append_entry(index: u64, streams: &[&str]) -> Entry<fjord_raft::TypeConfig> {

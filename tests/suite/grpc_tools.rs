@@ -1,6 +1,7 @@
 //! What gRPC tools rely on, asked as they ask it: server reflection in both versions (grpcurl asks v1 and
 //! falls back to v1alpha; Postman, evans and Python's grpcio-reflection ask v1alpha) lists every public
-//! service and describes its files, and the standard health service reports the event store serving.
+//! service and describes its files (never the node-to-node transport), and the standard health service
+//! reports the event store serving once the node knows every partition's leader.
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -34,6 +35,7 @@ async fn reflection_in_both_versions_and_health_answer_like_grpcurl_expects() {
     for service in PUBLIC_SERVICES.iter().chain(&["grpc.health.v1.Health"]) {
         assert!(names.iter().any(|n| n == service), "{service} is not listed: {names:?}");
     }
+    assert!(!names.iter().any(|n| n.contains("internal")), "the node-to-node transport is advertised: {names:?}");
     let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
         answers.message().await.unwrap().unwrap().message_response
     else {
@@ -56,7 +58,29 @@ async fn reflection_in_both_versions_and_health_answer_like_grpcurl_expects() {
         assert!(listed.service.iter().any(|s| s.name == service), "{service} is not listed by v1alpha");
     }
 
+    // Ready: the region has a leader for every partition.
+    assert_eq!(event_store_health(channel).await, ServingStatus::Serving);
+}
+
+/// What `grpc.health.v1` says of the event store, once it says anything (a node just started may not have
+/// reported yet).
+async fn event_store_health(channel: tonic::transport::Channel) -> ServingStatus {
     let mut health = HealthClient::new(channel);
-    let check = HealthCheckRequest { service: "fjord.v1.EventStore".to_owned() };
-    assert_eq!(health.check(check).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let check = HealthCheckRequest { service: "fjord.v1.EventStore".to_owned() };
+        match health.check(check).await {
+            Ok(answer) => return ServingStatus::try_from(answer.into_inner().status).unwrap(),
+            Err(status) => assert!(tokio::time::Instant::now() < deadline, "no health answer: {status:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_knows_no_leader_is_not_ready() {
+    let mut region = TestRegion::start(1, 1).await;
+    // A node outside the region's membership: it serves, but no partition of it has a leader it knows.
+    let address = region.spawn_extra_node(9).address.clone();
+    assert_eq!(event_store_health(channel(&address).await).await, ServingStatus::NotServing);
 }
