@@ -51,8 +51,10 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     println!("  fjord read --server {} order-1001", addresses[&3]);
     println!("  grpcurl -plaintext {} list", addresses[&1]);
     println!("node logs: {}", args.data_dir.join("dev.log").display());
+    // Caught before "ready" is printed: whoever reads it may press Ctrl-C at once.
+    let stop = crate::server::StopSignal::listen()?;
     println!("ready; press Ctrl-C to stop");
-    crate::server::wait_for_stop_signal().await?;
+    stop.wait().await;
     println!("stopping");
     for node in nodes {
         node.stop().await?;

@@ -16,6 +16,7 @@ use fjord_proto::v1::internal::raft_transport_server::RaftTransportServer;
 use fjord_raft::NodeId;
 use fjord_raft::NodeIdentity;
 use fjord_raft::NodeStorage;
+use fjord_raft::groups::GroupError;
 use fjord_raft::groups::Groups;
 use fjord_raft::groups::GroupsConfig;
 use fjord_raft::network::MAX_MESSAGE_BYTES;
@@ -212,8 +213,13 @@ impl NodeBuilder {
 async fn report_ready(groups: Arc<Groups>, health: HealthReporter) {
     health.set_not_serving::<EventStoreServer<EventStoreService>>().await;
     for group in 0..groups.group_count() {
-        while groups.leader(group, std::time::Duration::from_secs(5)).await.is_err() {
-            tracing::info!(partition = group, "no leader known yet; not ready");
+        loop {
+            match groups.leader(group, std::time::Duration::from_secs(5)).await {
+                Ok(_) => break,
+                Err(GroupError::NoLeader { .. }) => tracing::info!(partition = group, "no leader known yet; not ready"),
+                // Shutting down: never ready.
+                Err(_) => return,
+            }
         }
     }
     health.set_serving::<EventStoreServer<EventStoreService>>().await;

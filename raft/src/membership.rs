@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::types::RegionNode;
 use openraft::ChangeMembers;
+use openraft::metrics::WaitError;
 
 use crate::groups::GroupError;
 use crate::groups::Groups;
@@ -78,14 +79,18 @@ impl Groups {
     }
 
     /// The leader of `group` and its address (when the membership has one), waiting up to `wait` for an
-    /// election if none is known.
+    /// election if none is known: [`GroupError::NoLeader`] when none is elected in time,
+    /// [`GroupError::Unavailable`] once the group is shutting down.
     pub async fn leader(&self, group: GroupId, wait: Duration) -> Result<(NodeId, Option<String>), GroupError> {
         let metrics = self
             .raft(group)?
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
-            .map_err(|_| GroupError::NoLeader { group })?;
+            .map_err(|error| match error {
+                WaitError::Timeout(..) => GroupError::NoLeader { group },
+                WaitError::ShuttingDown => GroupError::Unavailable { group, detail: error.to_string() },
+            })?;
         let leader = metrics.current_leader.ok_or(GroupError::NoLeader { group })?;
         let address = metrics.membership_config.membership().get_node(&leader).map(|node| node.address.clone());
         Ok((leader, address))
