@@ -14,7 +14,7 @@ use fjord_log::Revision;
 use fjord_log::StatusKind;
 use fjord_proto::v1;
 use fjord_proto::v1::expected_revision::Kind;
-use fjord_raft::groups::GroupError;
+use fjord_raft::GroupError;
 use tonic::Code;
 use tonic::Status;
 use tonic::metadata::MetadataValue;

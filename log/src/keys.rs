@@ -28,6 +28,11 @@ pub(crate) const META_TAIL_EPOCH: &[u8] = b"tail_epoch";
 /// The id of the cluster the store's partitions belong to (16 bytes), once the node has learned it.
 pub(crate) const META_CLUSTER_ID: &[u8] = b"cluster_id";
 
+/// The handle of a column family the store opened (every name above).
+pub(crate) fn cf<'a>(db: &'a rocksdb::DB, name: &'static str) -> crate::error::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| crate::error::Error::Config(format!("column family {name} is missing")))
+}
+
 pub(crate) fn event_key(partition: u32, offset: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&partition.to_be_bytes());

@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::keys;
+use crate::keys::cf;
 use crate::record::decode_record;
-use crate::store::cf;
 
 /// Events fetched from RocksDB per page.
 pub const PAGE_SIZE: usize = 256;

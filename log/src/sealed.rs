@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::ids::Offset;
 use crate::keys;
+use crate::keys::cf;
 use crate::partition::PartitionLog;
 use crate::segment::CHAIN_SEED;
 use crate::segment::SegmentEncoder;
@@ -41,7 +42,6 @@ use crate::segment::SegmentHeader;
 use crate::segment::SegmentReader;
 use crate::segment::fold_chain;
 use crate::store::LogStore;
-use crate::store::cf;
 use crate::tail::TailChange;
 
 /// Where sealed segments are cut. Part of a region's identity in practice: replicas with different policies

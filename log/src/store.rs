@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::error::Result;
 use crate::keys;
+use crate::keys::cf;
 use crate::partition::PartitionLog;
 use crate::tail::EpochCounter;
 
@@ -184,11 +185,6 @@ fn check_or_record_meta(db: &DB, partitions: u32) -> Result<()> {
 fn decode_u32(bytes: &[u8], what: &'static str) -> Result<u32> {
     let array: [u8; 4] = bytes.try_into().map_err(|_| Error::corrupt(what, format!("{} bytes", bytes.len())))?;
     Ok(u32::from_le_bytes(array))
-}
-
-/// The handle of a column family that [`LogStore::open`] created.
-pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name).ok_or_else(|| Error::Config(format!("column family {name} is missing")))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::ids::Offset;
 use crate::keys;
-use crate::store::cf;
+use crate::keys::cf;
 
 /// A partition's log incarnation: it changes whenever applied offsets may have moved back or been rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -8,17 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::types::RegionNode;
 use fjord_log::AppendOutcome;
 use fjord_log::AppendRequest;
 use fjord_log::Durability;
-use fjord_log::InvalidInput;
 use fjord_log::Limits;
 use fjord_log::PartitionLog;
 use fjord_log::ReadBarrier;
 use fjord_log::ReadBarrierError;
-use fjord_log::Rejection;
-use fjord_log::StatusKind;
 use fjord_log::barrier::BarrierFuture;
 use fjord_log::group_commit::now_micros;
 use fjord_log::partition_of;
@@ -35,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
+use crate::error::GroupError;
 use crate::network::GroupNetworkFactory;
 use crate::network::GroupRaft;
 use crate::network::PeerChannels;
@@ -44,85 +41,7 @@ use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::GroupId;
 use crate::types::NodeId;
-
-/// Why an append through the groups did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GroupError {
-    /// The request is malformed or over a limit; nothing was proposed.
-    #[error("invalid input: {0}")]
-    Invalid(#[from] InvalidInput),
-    /// Apply refused the append (every replica agrees); nothing was written.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// This node does not lead the partition (any more); the leader is named when known.
-    #[error("the leader of partition {group} changed while the request was in flight; retry")]
-    NotLeader {
-        /// This node.
-        node: NodeId,
-        /// The partition.
-        group: GroupId,
-        /// The leader and its address, when known.
-        leader: Option<(NodeId, String)>,
-    },
-    /// The group could not commit the entry (no quorum, shutting down, storage failure). The append may or
-    /// may not have been committed: retry with the same event ids.
-    #[error("partition {group} is unavailable: {detail}")]
-    Unavailable {
-        /// The partition.
-        group: GroupId,
-        /// What went wrong.
-        detail: String,
-    },
-    /// No leader of the partition is known (an election is under way, or no quorum).
-    #[error("partition {group} has no leader")]
-    NoLeader {
-        /// The partition.
-        group: GroupId,
-    },
-    /// A membership change was refused (another change in progress, an unknown node, no quorum).
-    #[error("membership change of partition {group} refused: {detail}")]
-    Membership {
-        /// The partition.
-        group: GroupId,
-        /// Why.
-        detail: String,
-    },
-    /// The request cannot be carried out in the group's current state (e.g. leadership to a non-voter).
-    #[error("partition {group}: {detail}")]
-    Refused {
-        /// The partition.
-        group: GroupId,
-        /// Why.
-        detail: String,
-    },
-}
-
-impl GroupError {
-    /// A stable, machine-readable reason code.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GroupError::Invalid(_) => "INVALID_ARGUMENT",
-            GroupError::Rejected(rejection) => rejection.reason(),
-            GroupError::NotLeader { .. } => "LEADER_CHANGED",
-            GroupError::Unavailable { .. } => "UNAVAILABLE",
-            GroupError::NoLeader { .. } => "NO_LEADER",
-            GroupError::Membership { .. } => "MEMBERSHIP",
-            GroupError::Refused { .. } => "FAILED_PRECONDITION",
-        }
-    }
-
-    /// What kind of failure this is.
-    pub fn status_kind(&self) -> StatusKind {
-        match self {
-            GroupError::Invalid(_) => StatusKind::InvalidArgument,
-            GroupError::Rejected(rejection) => rejection.status_kind(),
-            GroupError::NotLeader { .. } | GroupError::Unavailable { .. } | GroupError::NoLeader { .. } => {
-                StatusKind::Unavailable
-            }
-            GroupError::Membership { .. } | GroupError::Refused { .. } => StatusKind::FailedPrecondition,
-        }
-    }
-}
+use crate::types::RegionNode;
 
 /// A partition group's state on this node, as `fjord status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,7 @@ pub mod types;
 pub mod wal_sync;
 
 pub use error::Error;
+pub use error::GroupError;
 pub use error::Result;
 pub use keys::RAFT_COLUMN_FAMILIES;
 pub use log_store::GroupLogStore;

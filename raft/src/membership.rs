@@ -4,14 +4,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::types::RegionNode;
 use openraft::ChangeMembers;
 use openraft::metrics::WaitError;
 
-use crate::groups::GroupError;
+use crate::error::GroupError;
 use crate::groups::Groups;
 use crate::types::GroupId;
 use crate::types::NodeId;
+use crate::types::RegionNode;
 
 /// A member of the region, as a group's membership lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::types::RegionNode;
 use fjord_proto::v1::internal::CampaignRequest;
 use fjord_proto::v1::internal::CampaignResponse;
 use fjord_proto::v1::internal::RaftMessage;
@@ -41,6 +40,7 @@ use tonic::transport::Endpoint;
 
 use crate::types::GroupId;
 use crate::types::NodeId;
+use crate::types::RegionNode;
 use crate::types::TypeConfig;
 
 /// The largest message either side accepts (snapshots come in chunks).

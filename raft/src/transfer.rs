@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::RwLock;
 
-use crate::groups::GroupError;
+use crate::error::GroupError;
 use crate::network::GroupRaft;
 use crate::network::PeerChannels;
 use crate::network::ask_to_campaign;
