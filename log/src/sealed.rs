@@ -9,8 +9,10 @@
 //!
 //! Files live in `<dir>/<partition>/<base>-<next>-<chain>.seg`; the catalog of each partition's segments is
 //! in the store's `segments` column family. A segment is written to a temporary file, fsynced, renamed, its
-//! directory fsynced, and only then catalogued (with sync), so the catalog never names a file that is not
-//! whole on disk; files a crash left uncatalogued are removed on open. Only committed (applied) records are
+//! directory fsynced, and only then catalogued, so the catalog never names a file that is not whole on disk.
+//! The catalog entry gets no fsync of its own (it must not sync the WAL the write path shares, off that
+//! path's schedule): it is durable with the next WAL sync, and a crash that loses it leaves an uncatalogued
+//! file, removed at open and sealed again. Nothing sealed can be lost that the log does not still hold. Only committed (applied) records are
 //! sealed, so a segment never changes meaning: after a power loss the applied offset may be behind the
 //! sealed one until the Raft log re-applies the same records.
 //!
@@ -376,9 +378,8 @@ impl SegmentCatalog {
         sync_dir(&partition_dir)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, keys::CF_SEGMENTS)?, keys::event_key(partition, base), segment.catalog_value());
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        // No sync: see the module's doc.
+        self.db.write(batch)?;
         Ok(segment)
     }
 

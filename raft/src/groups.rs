@@ -142,6 +142,8 @@ pub struct Groups {
     proposal_gates: Vec<Arc<RwLock<()>>>,
     /// How long a follower refuses to vote after hearing from its leader (openraft's leader lease).
     leader_lease: std::time::Duration,
+    /// Each partition's sealer (it follows the partition's tail, which outlives the groups): stopped at shutdown.
+    sealers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Groups {
@@ -155,7 +157,7 @@ impl Groups {
     ) -> crate::Result<Self> {
         let raft_config = Arc::new(config.raft_config()?);
         let partitions = storage.log_store().partition_count();
-        let (mut rafts, mut logs) = (Vec::new(), Vec::new());
+        let (mut rafts, mut logs, mut sealers) = (Vec::new(), Vec::new(), Vec::new());
         for group in 0..partitions {
             let opened = storage.clone();
             let (log_store, state_machine) = tokio::task::spawn_blocking(move || opened.group(group))
@@ -170,7 +172,7 @@ impl Groups {
             let schedule =
                 snapshot_schedule::run(group, raft.clone(), log.clone(), snapshot_size, config.snapshot_every_entries);
             tokio::spawn(schedule);
-            tokio::spawn(fjord_log::sealed::run_sealer(storage.segments().clone(), log.clone()));
+            sealers.push(tokio::spawn(fjord_log::sealed::run_sealer(storage.segments().clone(), log.clone())));
             rafts.push(raft);
             logs.push(log);
         }
@@ -192,7 +194,7 @@ impl Groups {
             })
             .collect();
         let leader_lease = std::time::Duration::from_millis(config.election_timeout_max_ms);
-        Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease })
+        Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease, sealers })
     }
 
     /// Makes `members` (node id → address) the initial voters of every group that is not initialized yet
@@ -348,8 +350,11 @@ impl Groups {
         leadership.transfer_to(target, gate, &self.peers, self.leader_lease).await
     }
 
-    /// Stops every group.
+    /// Stops every group and its sealer.
     pub async fn shutdown(&self) {
+        for sealer in &self.sealers {
+            sealer.abort();
+        }
         for raft in self.rafts.iter() {
             if let Err(error) = raft.shutdown().await {
                 tracing::warn!(%error, "raft group did not shut down cleanly");
