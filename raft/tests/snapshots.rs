@@ -12,6 +12,7 @@ use fjord_log::TailChange;
 use fjord_log::sealed::SealPolicy;
 use fjord_raft::Command;
 use fjord_raft::CommandResult;
+use fjord_raft::GroupStateMachine;
 use fjord_raft::NodeIdentity;
 use fjord_raft::NodeStorage;
 use openraft::Entry;
@@ -59,12 +60,18 @@ fn partition_bytes(storage: &NodeStorage) -> Vec<fjord_log::RecordedEvent> {
         .collect()
 }
 
+/// A node's storage that has learned its cluster id (as a region member has), and its group's state machine.
+fn open_leader(dir: &std::path::Path) -> (NodeStorage, GroupStateMachine) {
+    let storage = open(dir);
+    storage.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
+    let (_, state_machine) = storage.group(0).unwrap();
+    (storage, state_machine)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_moves_a_partition_between_nodes() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = open(leader_dir.path());
-    leader.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
-    let (_, mut leader_sm) = leader.group(0).unwrap();
+    let (leader, mut leader_sm) = open_leader(leader_dir.path());
     let entries: Vec<_> = (1..=40).map(|i| append_entry(i, &["order-1", "order-2", "cart-9"])).collect();
     let results = leader_sm.apply(entries).await.unwrap();
     assert!(matches!(&results[0], CommandResult::Appended(outcomes) if outcomes.iter().all(Result::is_ok)));
@@ -145,9 +152,7 @@ fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_snapshot_id_never_names_a_file() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = open(leader_dir.path());
-    leader.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
-    let (_, mut leader_sm) = leader.group(0).unwrap();
+    let (leader, mut leader_sm) = open_leader(leader_dir.path());
     leader_sm.apply(vec![append_entry(1, &["order-1"])]).await.unwrap();
     let mut snapshot = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let mut bytes = Vec::new();
