@@ -43,12 +43,11 @@ pub struct GroupLogStore {
     db: Arc<DB>,
     group: GroupId,
     syncer: WalSyncer,
-    install: InstallFence,
 }
 
 impl GroupLogStore {
-    pub(crate) fn new(db: Arc<DB>, group: GroupId, syncer: WalSyncer, install: InstallFence) -> Self {
-        GroupLogStore { db, group, syncer, install }
+    pub(crate) fn new(db: Arc<DB>, group: GroupId, syncer: WalSyncer) -> Self {
+        GroupLogStore { db, group, syncer }
     }
 
     /// Runs `work` with the database on the blocking pool.
@@ -220,24 +219,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let installing = self.install.pending();
+        let bytes = encode(&log_id, ErrorSubject::Logs)?;
         self.blocking(move |db, group| {
-            // openraft purges the log a snapshot covers as soon as it hands the snapshot to the state machine,
-            // before the install is done. If the install then fails (a full disk), the log would be purged
-            // past the state machine's snapshot, and the group could never start again. While an install is
-            // pending, purge no further than the snapshot the state machine has made durable.
-            let log_id = match installing {
-                false => log_id,
-                true => match crate::state_machine::durable_snapshot_log_id(db, group)? {
-                    Some(durable) if durable < log_id => {
-                        tracing::warn!(group, %log_id, %durable, "purging only up to the durable snapshot during an install");
-                        durable
-                    }
-                    Some(_) => log_id,
-                    None => return Ok(()),
-                },
-            };
-            let bytes = encode(&log_id, ErrorSubject::Logs)?;
             let (log, meta) = (cf(db, keys::CF_RAFT_LOG)?, cf(db, keys::CF_RAFT_META)?);
             // The purged id goes in first (the same batch is atomic), then the entries go.
             let mut batch = WriteBatch::default();
@@ -250,24 +233,5 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             db.write_opt(batch, &synced()).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))
         })
         .await
-    }
-}
-
-/// Whether a snapshot is being received or installed in a group: set when reception begins, cleared once
-/// an install is durable. Shared by the group's state machine and log store (see `purge`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct InstallFence(Arc<std::sync::atomic::AtomicBool>);
-
-impl InstallFence {
-    pub(crate) fn begin(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub(crate) fn done(&self) {
-        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn pending(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -38,7 +38,6 @@ use crate::codec::decode;
 use crate::codec::encode;
 use crate::codec::io_error;
 use crate::keys;
-use crate::log_store::InstallFence;
 use crate::snapshot::FRAME_TAIL;
 use crate::snapshot::SnapshotFile;
 use crate::snapshot::SnapshotFrames;
@@ -95,8 +94,6 @@ struct Shared {
     snapshot_size: SnapshotSize,
     /// Held while a snapshot is built or installed: the two never interleave.
     snapshot_work: Mutex<()>,
-    /// Tells the log store a snapshot is on its way (see its `purge`).
-    install: InstallFence,
 }
 
 /// One partition group's state machine.
@@ -118,7 +115,6 @@ impl GroupStateMachine {
         log: Arc<PartitionLog>,
         segments: Arc<SegmentCatalog>,
         snapshot_dir: PathBuf,
-        install: InstallFence,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         remove_unfinished_files(&snapshot_dir);
@@ -131,7 +127,6 @@ impl GroupStateMachine {
             snapshot_dir,
             snapshot_size: SnapshotSize::default(),
             snapshot_work: Mutex::new(()),
-            install,
         });
         if let Some(interrupted) = shared.read_meta::<Installing>(keys::META_INSTALLING)? {
             tracing::warn!(group, snapshot = %interrupted.meta.snapshot_id, "finishing an interrupted snapshot install");
@@ -412,27 +407,6 @@ impl Shared {
     }
 }
 
-/// The last log id of the snapshot a group's state machine holds durably: its current snapshot, or one whose
-/// install is marked and will be finished at the next open.
-pub(crate) fn durable_snapshot_log_id(db: &DB, group: GroupId) -> Result<Option<LogId>, StorageError> {
-    let subject = ErrorSubject::StateMachine;
-    let meta = db.cf_handle(keys::CF_RAFT_META).ok_or_else(|| {
-        io_error(subject.clone(), ErrorVerb::Read)(std::io::Error::other("column family raft_meta is missing"))
-    })?;
-    let read = |name: &[u8]| {
-        db.get_pinned_cf(meta, keys::meta_key(group, name)).map_err(io_error(subject.clone(), ErrorVerb::Read))
-    };
-    let current = match read(keys::META_SNAPSHOT)? {
-        Some(bytes) => decode::<StoredSnapshot>(&bytes, subject.clone())?.meta.last_log_id,
-        None => None,
-    };
-    let installing = match read(keys::META_INSTALLING)? {
-        Some(bytes) => decode::<Installing>(&bytes, subject.clone())?.meta.last_log_id,
-        None => None,
-    };
-    Ok(current.max(installing))
-}
-
 /// Removes what a crash left half-written: snapshots being built or received.
 fn remove_unfinished_files(dir: &std::path::Path) {
     remove_files(dir, |name| name.starts_with("building-") || name.starts_with("receiving-"));
@@ -498,7 +472,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
-        self.shared.install.begin();
         let path = self.shared.snapshot_path(&format!("receiving-{}.snap", uuid::Uuid::now_v7().simple()));
         blocking(&self.shared, move |_| {
             let file = SnapshotFile::create(path).map_err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
@@ -530,10 +503,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         };
         drop(snapshot);
         let meta = meta.clone();
-        self.shared.install.begin();
-        blocking(&self.shared, move |shared| shared.install(&meta, &received)).await?;
-        self.shared.install.done();
-        Ok(())
+        blocking(&self.shared, move |shared| shared.install(&meta, &received)).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::keys::RAFT_COLUMN_FAMILIES;
 use crate::log_store::GroupLogStore;
-use crate::log_store::InstallFence;
 use crate::state_machine::GroupStateMachine;
 use crate::types::GroupId;
 use crate::types::NodeId;
@@ -115,15 +114,13 @@ impl NodeStorage {
             .partition(group)
             .map_err(crate::codec::io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Read))?;
         let db = self.store.db().clone();
-        let install = InstallFence::default();
         let state_machine = GroupStateMachine::open(
             db.clone(),
             log.clone(),
             self.segments.clone(),
             self.snapshots.join(group.to_string()),
-            install.clone(),
         )?;
-        Ok((GroupLogStore::new(db, group, self.syncer.clone(), install), state_machine))
+        Ok((GroupLogStore::new(db, group, self.syncer.clone()), state_machine))
     }
 }
 
