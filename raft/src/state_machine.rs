@@ -287,24 +287,50 @@ impl Shared {
         let local_name = uuid::Uuid::now_v7().simple();
         let received_file = format!("{local_name}.received");
         let path = self.snapshot_path(&received_file);
-        std::fs::File::open(received)
-            .and_then(|f| f.sync_all())
-            .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-        std::fs::rename(received, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
-        self.sync_dir()?;
+        // openraft has already purged the log this snapshot covers when it hands the snapshot over: a node
+        // whose install gave up on a storage failure (a full disk) could never start again. So storage
+        // failures are retried until they pass; only a snapshot that fails verification is refused.
+        self.until_stored("keeping the received snapshot", || {
+            if received.exists() {
+                std::fs::File::open(received)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+                std::fs::rename(received, &path).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+            }
+            self.sync_dir()
+        });
         let frames = SnapshotFrames::open(&path, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?;
         for frame in frames {
             frame.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
         }
         let installing = Installing { meta: meta.clone(), received_file, tail_file: format!("{local_name}.tail") };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.meta_cf()?,
-            keys::meta_key(self.group, keys::META_INSTALLING),
-            encode(&installing, subject.clone())?,
-        );
-        self.db.write_opt(batch, &synced()).map_err(io_error(subject, ErrorVerb::Write))?;
-        self.finish_install(&installing)
+        self.until_stored("installing the snapshot", || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                self.meta_cf()?,
+                keys::meta_key(self.group, keys::META_INSTALLING),
+                encode(&installing, subject.clone())?,
+            );
+            self.db.write_opt(batch, &synced()).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+            self.finish_install(&installing)
+        });
+        Ok(())
+    }
+
+    /// Runs `work` until it succeeds, backing off up to 5 s between tries and logging every failure. For
+    /// storage work that must not be abandoned halfway (every step of `work` can be repeated).
+    fn until_stored(&self, what: &str, mut work: impl FnMut() -> Result<(), StorageError>) {
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match work() {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(group = self.group, %error, what, "storage failed; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Installs a verified received snapshot: adopts its sealed segments into the catalog, keeps its tail
