@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("fjord_descriptor.bin"), protox::prost::Message::encode_to_vec(&descriptors))?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Decode errors are INVALID_ARGUMENT, not prost's INTERNAL (src/codec.rs).
+    tonic_prost_build::configure().codec_path("crate::codec::FjordCodec").compile_fds(descriptors)?;
     Ok(())
 }

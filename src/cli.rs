@@ -7,10 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
 
 use crate::node::NodeConfig;
+use crate::security::certs::SecurityDir;
+use crate::security::tokens::Grant;
+use crate::security::tokens::Operation;
 
 /// Fjord: a geo-distributed event log and projection engine.
 #[derive(Debug, Parser)]
@@ -40,6 +44,42 @@ pub enum Command {
     Read(crate::client::ReadArgs),
     /// Show a running region's members and partitions.
     Status(crate::client::StatusArgs),
+    /// Make a region's security dir: its CA, node certificates, token key and an admin token.
+    Certs(CertsArgs),
+    /// Issue a bearer token signed with a security dir's token key.
+    Token(TokenArgs),
+}
+
+/// Flags of `fjord certs`.
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// The security dir to make or complete (what exists is kept).
+    #[arg(long, env = "FJORD_SECURITY_DIR", default_value = "security")]
+    pub dir: PathBuf,
+    /// The region the node certificates are for.
+    #[arg(long, env = "FJORD_REGION")]
+    pub region: String,
+    /// Node ids to make certificates for, e.g. `1,2,3`.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<u64>,
+}
+
+/// Flags of `fjord token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The security dir whose token key signs.
+    #[arg(long, env = "FJORD_SECURITY_DIR", default_value = "security")]
+    pub dir: PathBuf,
+    /// Who the token is for (shown in logs and errors).
+    #[arg(long)]
+    pub subject: String,
+    /// A grant, `operations:stream-prefix`, e.g. `append,read:orders-` (the empty prefix: every stream).
+    /// Operations: append, read, subscribe, query, admin. Repeat for more grants.
+    #[arg(long = "grant", required = true)]
+    pub grants: Vec<String>,
+    /// Seconds until the token expires (none: never).
+    #[arg(long)]
+    pub expires_in_secs: Option<u64>,
 }
 
 /// Flags of `fjord dev`.
@@ -48,7 +88,8 @@ pub struct DevArgs {
     /// Where the three nodes keep their data (one directory each).
     #[arg(long, env = "FJORD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// The first node's port; the others take the next two.
+    /// The first node's public port; the others take the next two, and the three after are the nodes'
+    /// node-to-node ports.
     #[arg(long, env = "FJORD_DEV_PORT", default_value_t = 7101)]
     pub port: u16,
     /// Number of partitions (fixed when the data dirs are first created).
@@ -65,15 +106,22 @@ pub struct ServerArgs {
     /// The region's name.
     #[arg(long, env = "FJORD_REGION")]
     pub region: Option<String>,
-    /// The address to serve gRPC on.
+    /// The address to serve the public API on.
     #[arg(long, env = "FJORD_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// The region's initial voters as `id=host:port,...` (used once, to bootstrap a new region).
+    /// The address to serve the node-to-node plane on (mutual TLS).
+    #[arg(long, env = "FJORD_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
+    /// The region's initial voters as `id=host:port,...`, their node-to-node addresses (used once, to
+    /// bootstrap a new region).
     #[arg(long, env = "FJORD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Where the node keeps its data.
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The security dir (CA, this node's certificate and key, token key; see `fjord certs`).
+    #[arg(long, env = "FJORD_SECURITY_DIR")]
+    pub security_dir: Option<PathBuf>,
     /// Number of partitions (fixed when the data dir is first created).
     #[arg(long, env = "FJORD_PARTITIONS")]
     pub partitions: Option<u32>,
@@ -119,7 +167,39 @@ fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Append(args) => runtime.block_on(args.run()),
         Command::Read(args) => runtime.block_on(args.run()),
         Command::Status(args) => runtime.block_on(args.run()),
+        Command::Certs(args) => make_certs(&args),
+        Command::Token(args) => issue_token(&args),
     }
+}
+
+fn make_certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let dir = SecurityDir::new(&args.dir);
+    let made = dir.ensure(&args.region, &args.nodes)?;
+    for path in &made {
+        println!("made {}", path.display());
+    }
+    if made.is_empty() {
+        println!("{} has everything asked for already", args.dir.display());
+    }
+    Ok(())
+}
+
+fn issue_token(args: &TokenArgs) -> anyhow::Result<()> {
+    let grants = args.grants.iter().map(|grant| parse_grant(grant)).collect::<anyhow::Result<Vec<_>>>()?;
+    println!("{}", SecurityDir::new(&args.dir).issue_token(&args.subject, grants, args.expires_in_secs)?);
+    Ok(())
+}
+
+/// Parses `operation,operation:stream-prefix`.
+pub fn parse_grant(grant: &str) -> anyhow::Result<Grant> {
+    let (operations, stream_prefix) =
+        grant.split_once(':').ok_or_else(|| anyhow::anyhow!("grant {grant:?} is not operations:stream-prefix"))?;
+    let operations = operations
+        .split(',')
+        .map(str::parse)
+        .collect::<anyhow::Result<Vec<Operation>>>()
+        .with_context(|| format!("grant {grant:?}"))?;
+    Ok(Grant { operations, stream_prefix: stream_prefix.to_owned() })
 }
 
 fn server_config(mut config: NodeConfig, args: ServerArgs) -> anyhow::Result<NodeConfig> {
@@ -131,6 +211,12 @@ fn server_config(mut config: NodeConfig, args: ServerArgs) -> anyhow::Result<Nod
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(internal_listen) = args.internal_listen {
+        config.internal_listen = internal_listen;
+    }
+    if let Some(security_dir) = args.security_dir {
+        config.security_dir = security_dir;
     }
     if !args.peers.is_empty() {
         config.initial_members = parse_peers(&args.peers)?;

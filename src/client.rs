@@ -2,12 +2,15 @@
 //! Readable tables by default, `--json` for scripts.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
+use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
 use serde_json::json;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::pb;
@@ -18,16 +21,42 @@ pub struct ClientArgs {
     /// A node of the region, `host:port`.
     #[arg(long, env = "FJORD_SERVER", default_value = "127.0.0.1:7101")]
     pub server: String,
+    /// A bearer token that grants what the command does (`fjord dev` prints one; `fjord token` issues them).
+    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token (kept out of the process list), e.g. a security dir's `admin.token`.
+    #[arg(long, env = "FJORD_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Seconds to wait for the server, connecting and for each answer.
+    #[arg(long, env = "FJORD_TIMEOUT", default_value_t = 30)]
+    pub timeout_secs: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
+/// A channel to a node that presents the client's token with every request.
+type AuthorizedChannel = InterceptedService<Channel, BearerToken>;
+
 impl ClientArgs {
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => {
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+            }
+            (None, None) => anyhow::bail!(
+                "no token: pass --token or --token-file, or set FJORD_TOKEN (`fjord dev` prints one; `fjord token` issues them)"
+            ),
+        };
+        let token = BearerToken::new(&token).map_err(|status| anyhow::anyhow!("the token: {}", status.message()))?;
+        let timeout = Duration::from_secs(self.timeout_secs);
         let endpoint = Channel::from_shared(format!("http://{}", self.server))
-            .with_context(|| format!("{} is not host:port", self.server))?;
-        endpoint.connect().await.with_context(|| format!("connecting to {}", self.server))
+            .with_context(|| format!("{} is not host:port", self.server))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", self.server))?;
+        Ok(InterceptedService::new(channel, token))
     }
 }
 
@@ -40,12 +69,18 @@ pub struct AppendArgs {
     stream: String,
     /// The event type.
     event_type: String,
-    /// The event data (JSON by default).
+    /// The event data, as `--content-type` says.
     data: String,
+    /// The data's media type; `application/json` (the default) is checked to be JSON before it is sent.
+    #[arg(long, default_value = JSON)]
+    content_type: String,
     /// Expected revision: `any`, `no-stream`, `exists`, or a number.
     #[arg(long, default_value = "any")]
     expected: String,
 }
+
+/// The media type of JSON data.
+const JSON: &str = "application/json";
 
 /// Flags of `fjord read`.
 #[derive(Debug, clap::Args)]
@@ -72,6 +107,17 @@ pub struct StatusArgs {
     client: ClientArgs,
 }
 
+/// `text` safe to print on a terminal: control characters (escape sequences above all) shown escaped.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}
+
 fn failed(status: tonic::Status) -> anyhow::Error {
     let reason = pb::reason_of(&status).unwrap_or("UNKNOWN").to_owned();
     anyhow::anyhow!("{reason}: {}", status.message())
@@ -88,13 +134,18 @@ impl AppendArgs {
                 number.parse().with_context(|| format!("--expected {number:?}: any, no-stream, exists or a number"))?,
             ),
         };
+        if self.content_type == JSON {
+            serde_json::from_str::<serde_json::Value>(&self.data).with_context(|| {
+                format!("the data is not JSON (say --content-type if it is something else): {}", printable(&self.data))
+            })?;
+        }
         let request = v1::AppendRequest {
             stream: self.stream.clone(),
             expected: Some(v1::ExpectedRevision { kind: Some(expected) }),
             events: vec![v1::ProposedEvent {
                 id: uuid::Uuid::now_v7().as_bytes().to_vec(),
                 r#type: self.event_type,
-                content_type: String::new(),
+                content_type: self.content_type,
                 data: self.data.into_bytes(),
                 metadata: Default::default(),
             }],
@@ -111,7 +162,10 @@ impl AppendArgs {
             writeln!(
                 out,
                 "appended to {} at revision {} (partition {}, offset {})",
-                self.stream, response.revision, position.partition, position.offset
+                printable(&self.stream),
+                response.revision,
+                position.partition,
+                position.offset
             )?;
         }
         Ok(())
@@ -147,8 +201,12 @@ impl ReadArgs {
                 } else {
                     writeln!(
                         out,
-                        "{:>8}  {:>9}  {:>10}  {:<20}  {data}",
-                        position.revision, position.partition, position.offset, event.r#type
+                        "{:>8}  {:>9}  {:>10}  {:<20}  {}",
+                        position.revision,
+                        position.partition,
+                        position.offset,
+                        printable(&event.r#type),
+                        printable(&data)
                     )?;
                 }
             }
@@ -181,13 +239,19 @@ impl StatusArgs {
             return Ok(());
         }
         let cluster = if status.cluster_id.is_empty() { "(not known yet)" } else { status.cluster_id.as_str() };
-        writeln!(out, "node {} of region {}, cluster {cluster}", status.node_id, status.region)?;
+        writeln!(
+            out,
+            "node {} of region {}, cluster {}",
+            status.node_id,
+            printable(&status.region),
+            printable(cluster)
+        )?;
         for member in &status.members {
             writeln!(
                 out,
                 "  member {:>3}  {:<22} {}",
                 member.id,
-                member.address,
+                printable(&member.address),
                 if member.voter { "voter" } else { "learner" }
             )?;
         }

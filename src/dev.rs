@@ -1,5 +1,6 @@
 //! `fjord dev`: a 3-node region on 127.0.0.1 in one process, each node with its own data dir under
-//! `./data`. Appends a small order workload through the real gRPC API (to a follower as often as to a
+//! `./data`, with auth on: a throwaway CA, node certificates and an admin token in `./data/security`
+//! (made on the first run). Appends a small order workload through the real gRPC API (to a follower as often as to a
 //! leader: nodes forward), shows a retry and a conflict, reads back, prints where to connect, and stays
 //! up until Ctrl-C. A second run keeps the data and appends more.
 
@@ -7,27 +8,44 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_client::EventStoreClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cli::DevArgs;
 use crate::node::Node;
 use crate::node::NodeConfig;
 use crate::pb;
+use crate::security::certs::SecurityDir;
+
+/// A client of the dev region, presenting the admin token.
+type DevClient = EventStoreClient<InterceptedService<Channel, BearerToken>>;
+/// The dev region's name.
+const REGION: &str = "dev";
+/// How far above its public port each node's node-to-node port is: the public ports are the given one and
+/// the next two, the node-to-node ports the three after.
+const INTERNAL_PORT_OFFSET: u16 = 3;
 
 /// Runs the dev region until Ctrl-C.
 pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
-    let addresses: BTreeMap<u64, SocketAddr> =
-        (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], args.port + id as u16 - 1)))).collect();
-    let members: BTreeMap<u64, String> = addresses.iter().map(|(id, addr)| (*id, addr.to_string())).collect();
+    let address = |id: u64, offset: u16| SocketAddr::from(([127, 0, 0, 1], args.port + offset + id as u16 - 1));
+    let addresses: BTreeMap<u64, SocketAddr> = (1..=3u64).map(|id| (id, address(id, 0))).collect();
+    let members: BTreeMap<u64, String> =
+        (1..=3u64).map(|id| (id, address(id, INTERNAL_PORT_OFFSET).to_string())).collect();
+    let security = SecurityDir::new(args.data_dir.join("security"));
+    security.ensure(REGION, &[1, 2, 3]).with_context(|| format!("making {}", security.path().display()))?;
+    let token = std::fs::read_to_string(security.admin_token())?.trim().to_owned();
     let mut nodes = Vec::new();
     for (&id, &listen) in &addresses {
         let mut config = base.clone();
         config.node_id = id;
         config.listen = listen;
-        config.region = "dev".to_owned();
+        config.internal_listen = address(id, INTERNAL_PORT_OFFSET);
+        config.region = REGION.to_owned();
         config.data_dir = args.data_dir.join(format!("node-{id}"));
+        config.security_dir = security.path().to_owned();
         config.initial_members = members.clone();
         if let Some(partitions) = args.partitions {
             config.store.partitions = partitions;
@@ -35,21 +53,28 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
         nodes.push(Node::start(&config).await.with_context(|| format!("starting node {id}"))?);
     }
     println!(
-        "fjord dev: region \"dev\" of 3 nodes, {} partitions, data under {}",
+        "fjord dev: region \"{REGION}\" of 3 nodes, {} partitions, data under {}",
         base.store.partitions,
         args.data_dir.display()
     );
     let mut clients = Vec::new();
+    let bearer = BearerToken::new(&token).map_err(|status| anyhow::anyhow!("{}", status.message()))?;
     for node in &nodes {
-        clients
-            .push(EventStoreClient::new(Channel::from_shared(format!("http://{}", node.address()))?.connect().await?));
+        let channel = Channel::from_shared(format!("http://{}", node.address()))?.connect().await?;
+        clients.push(EventStoreClient::new(InterceptedService::new(channel, bearer.clone())));
     }
     workload(&mut clients).await?;
-    println!("connect to any node: {}", members.values().cloned().collect::<Vec<_>>().join(", "));
+    println!("connect to any node: {}", addresses.values().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    println!("auth is on; the admin token (every operation, every stream) is in {}:", security.admin_token().display());
+    println!("  export FJORD_TOKEN={token}");
     println!("  fjord status --server {}", addresses[&1]);
     println!("  fjord append --server {} order-1001 ItemAdded '{{\"sku\":\"tent\"}}'", addresses[&2]);
     println!("  fjord read --server {} order-1001", addresses[&3]);
-    println!("  grpcurl -plaintext {} list", addresses[&1]);
+    println!(
+        "  fjord token --dir {} --subject reader --grant read:order-   (a token that may only read orders)",
+        security.path().display()
+    );
+    println!("  grpcurl -plaintext -H \"authorization: Bearer $FJORD_TOKEN\" {} list", addresses[&1]);
     println!("node logs: {}", args.data_dir.join("dev.log").display());
     // Caught before "ready" is printed: whoever reads it may press Ctrl-C at once.
     let stop = crate::server::StopSignal::listen()?;
@@ -62,7 +87,7 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn workload(clients: &mut [EventStoreClient<Channel>]) -> anyhow::Result<()> {
+async fn workload(clients: &mut [DevClient]) -> anyhow::Result<()> {
     let orders = ["order-1001", "order-1002", "order-1003"];
     let mut firsts = Vec::new();
     for (n, stream) in orders.iter().enumerate() {

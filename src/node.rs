@@ -1,5 +1,8 @@
-//! One Fjord node: storage, the partition groups, and the gRPC server that carries the Raft transport,
-//! health, reflection and every service registered with the [`NodeBuilder`], on one address.
+//! One Fjord node: storage, the partition groups, and two gRPC servers, one per plane:
+//! - the public plane (`listen`): health, reflection, and every service registered with the
+//!   [`NodeBuilder`], each behind bearer tokens ([`TokenAuthenticator`]);
+//! - the node-to-node plane (`internal_listen`): the Raft transport and requests other nodes forward,
+//!   over mutual TLS with certificates of the region's CA ([`PeerAuthenticator`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,16 +24,26 @@ use fjord_raft::groups::Groups;
 use fjord_raft::groups::GroupsConfig;
 use fjord_raft::network::MAX_MESSAGE_BYTES;
 use fjord_raft::network::PeerChannels;
+use fjord_raft::network::PeerTls;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::codegen::Service;
+use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Certificate;
+use tonic::transport::Identity;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::security::access::PeerAuthenticator;
+use crate::security::access::TokenAuthenticator;
+use crate::security::certs::SecurityDir;
+use crate::security::certs::check_region_name;
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
 use crate::services::routing::Router;
@@ -43,12 +56,19 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// The region's name.
     pub region: String,
-    /// The address to listen on for gRPC (public services and the Raft transport).
+    /// The address to serve the public API on (clients, with tokens).
     pub listen: SocketAddr,
-    /// The region's initial voters, `id → address`, used once to bootstrap a new region.
+    /// The address to serve the node-to-node plane on (the Raft transport, forwarded requests; mutual TLS).
+    pub internal_listen: SocketAddr,
+    /// The region's initial voters, `id → internal address`, used once to bootstrap a new region.
     pub initial_members: BTreeMap<NodeId, String>,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
+    /// The security dir: the region's CA certificate, this node's certificate and key, the token key
+    /// (`fjord certs` makes one).
+    pub security_dir: PathBuf,
+    /// How much the servers take on at once, and for how long.
+    pub server: ServerLimits,
     /// How the log store is opened (partition count, cache).
     pub store: StoreOptions,
     /// Where sealed segments are cut.
@@ -65,13 +85,54 @@ impl Default for NodeConfig {
             node_id: 1,
             region: "local".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            internal_listen: SocketAddr::from(([127, 0, 0, 1], 7201)),
             initial_members: BTreeMap::new(),
             data_dir: PathBuf::from("data"),
+            security_dir: PathBuf::from("security"),
+            server: ServerLimits::default(),
             store: StoreOptions::default(),
             segments: SealPolicy::default(),
             limits: Limits::default(),
             groups: GroupsConfig::default(),
         }
+    }
+}
+
+/// What each of the node's gRPC servers takes on at once, and for how long (`[server]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Requests (HTTP/2 streams) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Requests one connection may have in its handlers at once; more wait.
+    pub max_concurrent_requests_per_connection: usize,
+    /// The longest a request may take until its response starts (streamed responses then flow on).
+    pub request_timeout_secs: u64,
+    /// The longest a streamed response waits for a client that reads nothing before it is ended.
+    pub stream_idle_timeout_secs: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_streams_per_connection: 256,
+            max_concurrent_requests_per_connection: 256,
+            request_timeout_secs: 30,
+            stream_idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// A tonic server builder with these limits.
+    fn server(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(self.max_streams_per_connection)
+            .concurrency_limit_per_connection(self.max_concurrent_requests_per_connection)
+            .timeout(std::time::Duration::from_secs(self.request_timeout_secs))
+            // Finds dead clients and peers whose connections would otherwise hold their streams forever.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
     }
 }
 
@@ -85,6 +146,8 @@ pub struct NodeContext {
     pub router: Router,
     /// Reports which services are ready, on `grpc.health.v1`.
     pub health: HealthReporter,
+    /// How long a streamed response waits for a client that reads nothing.
+    pub stream_idle_timeout: std::time::Duration,
 }
 
 /// A part of the node that serves gRPC (the public API, queries, subscriptions, edge serving). Parts
@@ -103,19 +166,50 @@ where
     }
 }
 
-/// The gRPC services a node serves, and which of them server reflection advertises: public services are
-/// advertised, node-to-node ones (the Raft transport) never are.
-#[derive(Default)]
+/// The gRPC services a node serves on each plane. Public services sit behind tokens and are advertised
+/// in server reflection; node-to-node ones sit behind node certificates and are never advertised.
 pub struct NodeRoutes {
-    /// Every service the node serves.
-    pub routes: RoutesBuilder,
+    public: RoutesBuilder,
+    internal: RoutesBuilder,
     advertised: Vec<&'static str>,
+    tokens: TokenAuthenticator,
+    peers: PeerAuthenticator,
+}
+
+/// Where a service is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// To clients with a valid token (each handler then checks what the token grants); advertised in
+    /// server reflection.
+    Public,
+    /// To the region's nodes, by their certificates; never advertised.
+    Internal,
 }
 
 impl NodeRoutes {
-    /// Advertises `service` (about to be added to [`NodeRoutes::routes`]) in server reflection.
-    pub fn advertise<S: NamedService>(&mut self, _service: &S) {
-        self.advertised.push(S::NAME);
+    /// Serves `service` on `plane`, behind that plane's authentication.
+    pub fn add<S>(&mut self, plane: Plane, service: S)
+    where
+        S: Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+                Future: Send + 'static,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        match plane {
+            Plane::Public => {
+                self.advertised.push(S::NAME);
+                self.public.add_service(InterceptedService::new(service, self.tokens.clone()));
+            }
+            Plane::Internal => {
+                self.internal.add_service(InterceptedService::new(service, self.peers.clone()));
+            }
+        }
     }
 }
 
@@ -138,42 +232,59 @@ impl NodeBuilder {
         self
     }
 
-    /// Opens the node's storage, starts its groups and serves gRPC. A node whose id is the lowest of
+    /// Opens the node's storage, starts its groups and serves both planes. A node whose id is the lowest of
     /// `initial_members` bootstraps the groups that have no state yet; a restarted node rejoins from its data.
     pub async fn start(self) -> anyhow::Result<Node> {
         let config = self.config;
         anyhow::ensure!(config.node_id > 0, "node_id must be at least 1");
+        check_region_name(&config.region)?;
         config.limits.check().map_err(|e| anyhow::anyhow!("limits: {e}"))?;
+        let credentials = SecurityDir::new(&config.security_dir).node_credentials(config.node_id, &config.region)?;
+        let (ca, identity) = (
+            Certificate::from_pem(&credentials.ca_pem),
+            Identity::from_pem(&credentials.cert_pem, &credentials.key_pem),
+        );
         let (data_dir, store, seal) = (config.data_dir.clone(), config.store.clone(), config.segments.clone());
-        let identity = NodeIdentity { node_id: config.node_id, region: config.region.clone() };
-        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, &identity, seal))
+        let node_identity = NodeIdentity { node_id: config.node_id, region: config.region.clone() };
+        let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&data_dir, &store, &node_identity, seal))
             .await?
             .with_context(|| format!("opening the node's storage in {}", config.data_dir.display()))?;
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
-        let address = listener.local_addr()?;
-        let peers = Arc::new(PeerChannels::default());
+        let public = bind(config.listen).await?;
+        let internal = bind(config.internal_listen).await?;
+        let (address, internal_address) = (public.local_addr()?, internal.local_addr()?);
+        let peer_tls = PeerTls { ca: ca.clone(), identity: identity.clone(), region: config.region.clone() };
+        let peers = Arc::new(PeerChannels::new(peer_tls));
         let groups =
             Groups::start(config.node_id, Arc::new(storage), peers.clone(), config.limits.clone(), &config.groups)
                 .await?;
         let groups = Arc::new(groups);
         let (health, health_service) = tonic_health::server::health_reporter();
-        let context =
-            NodeContext { config, groups: groups.clone(), router: Router::new(groups.clone(), peers), health };
+        let context = NodeContext {
+            stream_idle_timeout: std::time::Duration::from_secs(config.server.stream_idle_timeout_secs),
+            router: Router::new(groups.clone(), peers),
+            groups: groups.clone(),
+            health,
+            config,
+        };
 
-        let mut routes = NodeRoutes::default();
-        routes.routes.add_service(
+        let mut routes = NodeRoutes {
+            public: RoutesBuilder::default(),
+            internal: RoutesBuilder::default(),
+            advertised: vec![name_of(&health_service)],
+            tokens: TokenAuthenticator::new(Arc::new(credentials.token_key)),
+            peers: PeerAuthenticator::new(&context.config.region),
+        };
+        routes.add(
+            Plane::Internal,
             RaftTransportServer::new(groups.transport_service())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
-        routes.advertise(&health_service);
-        routes.routes.add_service(health_service);
         for service in self.services {
             service.register(&context, &mut routes)?;
         }
-        // Reflection in both versions (grpcurl asks v1 first, many tools and older grpcurl only v1alpha),
-        // describing the advertised services only: the node-to-node transport is nobody else's business.
+        // Health and reflection answer anyone (load balancers, grpcurl). Reflection in both versions (grpcurl
+        // asks v1 first, many tools and older grpcurl only v1alpha), describing the public services only.
         let described = || {
             let builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(fjord_proto::FILE_DESCRIPTOR_SET)
@@ -181,31 +292,55 @@ impl NodeBuilder {
             routes.advertised.iter().fold(builder, |builder, name| builder.with_service_name(*name))
         };
         let (reflection, reflection_v1alpha) = (described().build_v1()?, described().build_v1alpha()?);
-        routes.routes.add_service(reflection).add_service(reflection_v1alpha);
+        routes.public.add_service(health_service).add_service(reflection).add_service(reflection_v1alpha);
         tokio::spawn(report_ready(context.groups.clone(), context.health.clone()));
-        // Replies are small and latency-bound: no Nagle delay (the builder's own nodelay setting does not
-        // reach a listener we bound ourselves), and keepalives find dead peers.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(10)));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder().add_routes(routes.routes.routes()).serve_with_incoming_shutdown(
-                incoming,
-                async {
-                    let _ = stopped.await;
-                },
+
+        let limits = &context.config.server;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let internal_tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
+        let servers = [
+            tokio::spawn(
+                limits
+                    .server()
+                    .add_routes(routes.public.routes())
+                    .serve_with_incoming_shutdown(incoming(public), stop_when(stopped.clone())),
             ),
-        );
+            tokio::spawn(
+                limits
+                    .server()
+                    .tls_config(internal_tls)?
+                    .add_routes(routes.internal.routes())
+                    .serve_with_incoming_shutdown(incoming(internal), stop_when(stopped)),
+            ),
+        ];
 
         let config = &context.config;
         let lowest = config.initial_members.keys().next().copied();
         if lowest == Some(config.node_id) {
             groups.bootstrap(config.initial_members.clone()).await?;
         }
-        tracing::info!(node = config.node_id, %address, region = %config.region, "node serving");
-        Ok(Node { address, groups, stop: Some(stop), server })
+        tracing::info!(node = config.node_id, %address, %internal_address, region = %config.region, "node serving");
+        Ok(Node { address, internal_address, groups, stop, servers })
     }
+}
+
+fn name_of<S: NamedService>(_service: &S) -> &'static str {
+    S::NAME
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))
+}
+
+/// Connections from `listener`: replies are small and latency-bound, so no Nagle delay (the builder's
+/// own nodelay setting does not reach a listener we bound ourselves), and keepalives find dead peers.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(10)))
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stop_when(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Reports the event store as serving on `grpc.health.v1` once this node knows a leader of every partition
@@ -226,29 +361,37 @@ async fn report_ready(groups: Arc<Groups>, health: HealthReporter) {
     tracing::info!("every partition has a leader: ready");
 }
 
-/// The public API every node serves: `EventStore` and `Cluster`.
+/// The public API every node serves: `EventStore` and `Cluster`, on the node-to-node plane too, where other
+/// nodes forward requests for partitions this node leads.
 pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()> {
     let store = node.groups.log_store().clone();
     let region = node.config.region.clone();
     // An append request is decoded only if the limits could let it through (its events counted before any
     // conversion): the decode limit sits just above the append limit, not at the transport's.
     let decode_limit = node.config.limits.max_append_request_bytes();
-    let event_store = EventStoreServer::new(EventStoreService::new(node.router.clone(), store, region.clone()))
-        .max_decoding_message_size(decode_limit)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let event_store = EventStoreServer::new(EventStoreService::new(
+        node.router.clone(),
+        store,
+        region.clone(),
+        node.stream_idle_timeout,
+    ))
+    .max_decoding_message_size(decode_limit)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    routes.add(Plane::Public, event_store.clone());
+    routes.add(Plane::Internal, event_store);
     let cluster = ClusterServer::new(ClusterService::new(node.router.clone(), region));
-    routes.advertise(&event_store);
-    routes.advertise(&cluster);
-    routes.routes.add_service(event_store).add_service(cluster);
+    routes.add(Plane::Public, cluster.clone());
+    routes.add(Plane::Internal, cluster);
     Ok(())
 }
 
 /// A running node.
 pub struct Node {
     address: SocketAddr,
+    internal_address: SocketAddr,
     groups: Arc<Groups>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: [JoinHandle<Result<(), tonic::transport::Error>>; 2],
 }
 
 impl Node {
@@ -257,9 +400,14 @@ impl Node {
         NodeBuilder::new(config.clone()).service(public_api).start().await
     }
 
-    /// The address the node serves on.
+    /// The address the node serves the public API on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address the node serves the node-to-node plane on.
+    pub fn internal_address(&self) -> SocketAddr {
+        self.internal_address
     }
 
     /// The node's partition groups.
@@ -268,12 +416,12 @@ impl Node {
     }
 
     /// Stops serving and shuts the groups down.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
         self.groups.shutdown().await;
-        (&mut self.server).await??;
+        for server in self.servers {
+            server.await??;
+        }
         Ok(())
     }
 }

@@ -146,3 +146,49 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
 pub fn log_error(error: fjord_log::Error) -> Status {
     status(code_of(error.status_kind()), error.reason(), error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use fjord_log::Limits;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+
+    fn sample_request() -> v1::AppendRequest {
+        v1::AppendRequest {
+            stream: "order-1".to_owned(),
+            expected: Some(v1::ExpectedRevision { kind: Some(Kind::Exact(3)) }),
+            events: vec![v1::ProposedEvent {
+                id: Uuid::from_u128(9).as_bytes().to_vec(),
+                r#type: "Placed".to_owned(),
+                content_type: "application/json".to_owned(),
+                data: b"{}".to_vec(),
+                metadata: [("k".to_owned(), "v".to_owned())].into(),
+            }],
+        }
+    }
+
+    proptest! {
+        /// Fuzz target: what a client can send an append as — a real request's bytes overwritten, inserted
+        /// and cut, or noise — decodes, converts and validates or is refused with a status, never a panic.
+        /// More cases on demand: `PROPTEST_CASES=200000`.
+        #[test]
+        fn fuzz_append_requests_convert_and_validate_or_are_refused(
+            edits in vec(any::<fjord_log::fuzzing::Edit>(), 0..8),
+            noise in vec(any::<u8>(), 0..128),
+            use_noise in any::<bool>(),
+        ) {
+            let mut bytes = if use_noise { noise } else { sample_request().encode_to_vec() };
+            fjord_log::fuzzing::damage(&mut bytes, &edits);
+            let Ok(wire) = v1::AppendRequest::decode(bytes.as_slice()) else { return Ok(()) };
+            match append_request(wire) {
+                Ok(request) => {
+                    let _ = Limits::default().validate_append(&request);
+                }
+                Err(status) => prop_assert_eq!(status.code(), Code::InvalidArgument),
+            }
+        }
+    }
+}

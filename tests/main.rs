@@ -25,6 +25,8 @@ mod grpc_tools;
 mod history_checker;
 #[path = "suite/membership.rs"]
 mod membership;
+#[path = "suite/overload.rs"]
+mod overload;
 #[path = "suite/planted_bugs.rs"]
 mod planted_bugs;
 #[path = "suite/power_loss.rs"]
@@ -33,3 +35,5 @@ mod power_loss;
 mod region;
 #[path = "suite/segments.rs"]
 mod segments;
+#[path = "suite/trust.rs"]
+mod trust;

@@ -7,19 +7,19 @@ use std::process::Child;
 
 use anyhow::Context;
 use fjord_bench::launcher;
+use fjord_bench::launcher::NodeChannel;
 use fjord_bench::launcher::RegionSpec;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
 use tempfile::TempDir;
-use tonic::transport::Channel;
 
 use crate::target::TargetArgs;
 
 /// A running region; its processes are killed and its data removed when dropped.
 pub(crate) struct FjordRegion {
     children: Vec<Child>,
-    channels: Vec<Channel>,
+    channels: Vec<NodeChannel>,
     /// The nodes' data, removed when the region is dropped (after its processes are killed).
     _data: TempDir,
 }
@@ -39,8 +39,13 @@ impl FjordRegion {
     pub(crate) async fn start(args: &TargetArgs, partitions: u32) -> anyhow::Result<Self> {
         let data = tempfile::tempdir_in(&args.dir)?;
         let ids: Vec<u64> = (1..=args.nodes).collect();
-        let spec =
-            RegionSpec { partitions, dir: data.path().to_owned(), config: args.fjord_config.clone(), region: None };
+        let spec = RegionSpec {
+            partitions,
+            dir: data.path().to_owned(),
+            config: args.fjord_config.clone(),
+            region: "bench".to_owned(),
+        };
+        let token = spec.make_credentials(&args.fjord, &ids)?;
         let nodes = spec.nodes(&launcher::loopback_addresses(&ids));
         let env = [("FJORD_LOG".to_owned(), "error".to_owned())];
         let mut region = FjordRegion { children: Vec::new(), channels: Vec::new(), _data: data };
@@ -49,10 +54,10 @@ impl FjordRegion {
                 .spawn(|| node.command(&args.fjord, &env))
                 .with_context(|| format!("starting {}", args.fjord.display()))?;
             region.children.push(child);
-            region.channels.push(Channel::from_shared(format!("http://{}", node.address))?.connect_lazy());
+            region.channels.push(launcher::channel(&node.address, &token).await);
         }
         let addresses: Vec<(u64, &str)> = nodes.iter().map(|node| (node.id, node.address.as_str())).collect();
-        launcher::wait_for_leaders(&addresses, partitions).await.context("the region elected no leaders")?;
+        launcher::wait_for_leaders(&addresses, partitions, &token).await.context("the region elected no leaders")?;
         Ok(region)
     }
 

@@ -1,6 +1,8 @@
-//! Starting a Fjord region of real `fjord server` processes: free loopback addresses, each node's command
-//! line (node id, listen address, peers, partitions, data dir, config, region), spawning it with its log
-//! beside its data dir, and waiting until every partition has a leader.
+//! Starting a Fjord region of real `fjord server` processes: free loopback addresses, the region's
+//! security dir (made with `fjord certs`, as an operator would), each node's command line (node id, public
+//! and node-to-node addresses, peers, partitions, data dir, security dir, config, region), spawning it with
+//! its log beside its data dir, and waiting until every partition has a leader. Clients present the
+//! region's admin token.
 //!
 //! The one launcher of the workspace: the bench starts a region per measurement with it
 //! (`fjord_region.rs`), and the integration tests (`tests/common`) start theirs with it too, adding on top
@@ -19,16 +21,32 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::Context;
+use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// How long [`wait_for_leaders`] waits for every partition to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
-/// A free loopback address (see [`free_ports`]).
-pub fn free_address() -> String {
-    format!("127.0.0.1:{}", free_ports(1))
+/// A channel to a node that presents a token with every request.
+pub type NodeChannel = InterceptedService<Channel, BearerToken>;
+
+/// Where a node listens: its public API, and its node-to-node plane (which its peers know it by).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddresses {
+    /// The public API, `host:port`.
+    pub public: String,
+    /// The node-to-node plane, `host:port`.
+    pub internal: String,
+}
+
+/// Two free loopback addresses for one node (see [`free_ports`]).
+pub fn free_addresses() -> NodeAddresses {
+    let first = free_ports(2);
+    NodeAddresses { public: format!("127.0.0.1:{first}"), internal: format!("127.0.0.1:{}", first + 1) }
 }
 
 /// The first of `count` consecutive loopback ports that are free now. They are taken below the kernel's
@@ -46,19 +64,21 @@ pub fn free_ports(count: u16) -> u16 {
     }
 }
 
-/// Node id → a free loopback address (see [`free_address`]), for each of `ids`.
-pub fn loopback_addresses(ids: &[u64]) -> BTreeMap<u64, String> {
-    ids.iter().map(|id| (*id, free_address())).collect()
+/// Node id → free loopback addresses (see [`free_addresses`]), for each of `ids`.
+pub fn loopback_addresses(ids: &[u64]) -> BTreeMap<u64, NodeAddresses> {
+    ids.iter().map(|id| (*id, free_addresses())).collect()
 }
 
-/// A lazily connecting channel to the node at `address` (`host:port`), that gives up connecting after
-/// 500 ms and waits at most 10 s for an answer. Panics if `address` is not `host:port`.
-pub async fn channel(address: &str) -> Channel {
-    Channel::from_shared(format!("http://{address}"))
+/// A lazily connecting channel to the node at `address` (`host:port`, its public API) that presents
+/// `token`, gives up connecting after 500 ms and waits at most 10 s for an answer. Panics if `address` is
+/// not `host:port`.
+pub async fn channel(address: &str, token: &BearerToken) -> NodeChannel {
+    let channel = Channel::from_shared(format!("http://{address}"))
         .expect("host:port makes a valid URI")
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
-        .connect_lazy()
+        .connect_lazy();
+    InterceptedService::new(channel, token.clone())
 }
 
 /// What every node of a region runs with.
@@ -70,30 +90,53 @@ pub struct RegionSpec {
     pub dir: PathBuf,
     /// The config file (TOML) every node reads, if any.
     pub config: Option<PathBuf>,
-    /// The region's name (`--region`), if not the nodes' default.
-    pub region: Option<String>,
+    /// The region's name.
+    pub region: String,
 }
 
 impl RegionSpec {
-    /// One node per entry of `addresses` (node id → the address it listens on), in id order, each with
-    /// every node of `addresses` as its initial peers.
-    pub fn nodes(&self, addresses: &BTreeMap<u64, String>) -> Vec<NodeSpec> {
-        let peers = addresses.iter().map(|(id, address)| format!("{id}={address}")).collect::<Vec<_>>().join(",");
+    /// The region's security dir: `security` in its directory.
+    pub fn security_dir(&self) -> PathBuf {
+        self.dir.join("security")
+    }
+
+    /// Makes (or completes) the region's security dir with `program certs` (the `fjord` binary), with
+    /// certificates for the nodes `ids`, and returns the admin token it holds.
+    pub fn make_credentials(&self, program: &Path, ids: &[u64]) -> anyhow::Result<BearerToken> {
+        let security_dir = self.security_dir();
+        let nodes = ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let output = Command::new(program)
+            .args(["certs", "--region", &self.region, "--nodes", &nodes, "--dir"])
+            .arg(&security_dir)
+            .output()
+            .with_context(|| format!("running {} certs", program.display()))?;
+        anyhow::ensure!(output.status.success(), "fjord certs: {}", String::from_utf8_lossy(&output.stderr));
+        let token = std::fs::read_to_string(security_dir.join("admin.token"))?;
+        BearerToken::new(&token).map_err(|status| anyhow::anyhow!("admin.token: {}", status.message()))
+    }
+
+    /// One node per entry of `addresses` (node id → where it listens), in id order, each with every node
+    /// of `addresses` as its initial peers.
+    pub fn nodes(&self, addresses: &BTreeMap<u64, NodeAddresses>) -> Vec<NodeSpec> {
+        let peers =
+            addresses.iter().map(|(id, address)| format!("{id}={}", address.internal)).collect::<Vec<_>>().join(",");
         addresses.iter().map(|(id, address)| self.node(*id, address.clone(), peers.clone())).collect()
     }
 
     /// A node that is not in the initial membership (no peers: it starts empty and waits to be added).
-    pub fn extra_node(&self, id: u64, address: String) -> NodeSpec {
-        self.node(id, address, String::new())
+    pub fn extra_node(&self, id: u64, addresses: NodeAddresses) -> NodeSpec {
+        self.node(id, addresses, String::new())
     }
 
-    fn node(&self, id: u64, address: String, peers: String) -> NodeSpec {
+    fn node(&self, id: u64, addresses: NodeAddresses, peers: String) -> NodeSpec {
         NodeSpec {
             id,
-            address,
+            address: addresses.public,
+            internal_address: addresses.internal,
             peers,
             partitions: self.partitions,
             data_dir: self.dir.join(format!("node-{id}")),
+            security_dir: self.security_dir(),
             config: self.config.clone(),
             region: self.region.clone(),
         }
@@ -105,23 +148,27 @@ impl RegionSpec {
 pub struct NodeSpec {
     /// Its id in the region.
     pub id: u64,
-    /// The address it listens on (`host:port`).
+    /// The address of its public API (`host:port`).
     pub address: String,
-    /// The region's initial voters, `id=host:port,…` (empty for a node added later).
+    /// The address of its node-to-node plane (`host:port`).
+    pub internal_address: String,
+    /// The region's initial voters, `id=host:port,…` (node-to-node addresses; empty for a node added later).
     pub peers: String,
     /// Partitions.
     pub partitions: u32,
     /// Its data dir.
     pub data_dir: PathBuf,
+    /// The region's security dir.
+    pub security_dir: PathBuf,
     /// The config file (TOML) it reads, if any.
     pub config: Option<PathBuf>,
-    /// The region's name, if not the default.
-    pub region: Option<String>,
+    /// The region's name.
+    pub region: String,
 }
 
 impl NodeSpec {
-    /// `server --node-id <id> --listen <address> --peers <peers> --partitions <n> [--region <name>]
-    /// --data-dir <dir> [--config <file>]`.
+    /// `server --node-id <id> --listen <address> --internal-listen <address> --peers <peers>
+    /// --partitions <n> --region <name> --data-dir <dir> --security-dir <dir> [--config <file>]`.
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "server".into(),
@@ -129,24 +176,28 @@ impl NodeSpec {
             self.id.to_string(),
             "--listen".into(),
             self.address.clone(),
+            "--internal-listen".into(),
+            self.internal_address.clone(),
             "--peers".into(),
             self.peers.clone(),
             "--partitions".into(),
             self.partitions.to_string(),
+            "--region".into(),
+            self.region.clone(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--security-dir".into(),
+            self.security_dir.display().to_string(),
         ];
-        if let Some(region) = &self.region {
-            args.extend(["--region".to_owned(), region.clone()]);
-        }
-        args.extend(["--data-dir".to_owned(), self.data_dir.display().to_string()]);
         if let Some(config) = &self.config {
             args.extend(["--config".to_owned(), config.display().to_string()]);
         }
         args
     }
 
-    /// The paths the node reads or writes: its data dir and its config file.
+    /// The paths the node reads or writes: its data dir, the security dir and its config file.
     pub fn paths(&self) -> Vec<&Path> {
-        let mut paths = vec![self.data_dir.as_path()];
+        let mut paths = vec![self.data_dir.as_path(), self.security_dir.as_path()];
         paths.extend(self.config.as_deref());
         paths
     }
@@ -173,12 +224,13 @@ impl NodeSpec {
     }
 }
 
-/// Partition → leader, as the nodes at `nodes` (id, address) say, when every one of `partitions`
-/// partitions has a leader among them: a node that says it leads. A node that does not answer is skipped.
-pub async fn leaders(nodes: &[(u64, &str)], partitions: u32) -> Option<BTreeMap<u32, u64>> {
+/// Partition → leader, as the nodes at `nodes` (id, public address) say to the holder of `token` (an admin
+/// token), when every one of `partitions` partitions has a leader among them: a node that says it leads. A
+/// node that does not answer is skipped.
+pub async fn leaders(nodes: &[(u64, &str)], partitions: u32, token: &BearerToken) -> Option<BTreeMap<u32, u64>> {
     let mut leaders = BTreeMap::new();
     for (id, address) in nodes {
-        let mut cluster = ClusterClient::new(channel(address).await);
+        let mut cluster = ClusterClient::new(channel(address, token).await);
         let Ok(status) = cluster.status(v1::StatusRequest {}).await else { continue };
         for partition in status.into_inner().partitions {
             if partition.role == "leader" {
@@ -191,10 +243,14 @@ pub async fn leaders(nodes: &[(u64, &str)], partitions: u32) -> Option<BTreeMap<
 
 /// Waits until every one of `partitions` partitions has a leader among `nodes` (see [`leaders`]),
 /// asking every 200 ms; an error after 30 s.
-pub async fn wait_for_leaders(nodes: &[(u64, &str)], partitions: u32) -> anyhow::Result<BTreeMap<u32, u64>> {
+pub async fn wait_for_leaders(
+    nodes: &[(u64, &str)],
+    partitions: u32,
+    token: &BearerToken,
+) -> anyhow::Result<BTreeMap<u32, u64>> {
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
-        if let Some(leaders) = leaders(nodes, partitions).await {
+        if let Some(leaders) = leaders(nodes, partitions, token).await {
             return Ok(leaders);
         }
         anyhow::ensure!(Instant::now() < deadline, "no leaders after {} s", LEADER_WAIT.as_secs());

@@ -5,7 +5,8 @@
 //! RocksDB layout and the deterministic apply of append batches ([`store`], [`partition`]), streaming reads
 //! ([`read`]), the applied-tail watch that followers of the log wake on ([`tail`]), group commit
 //! ([`group_commit`]), the sealed segment format ([`segment`], written down in `log/FORMAT.md`) and the
-//! sealed segments each partition's prefix is stored as once ([`sealed`]). [`planted`] holds the bugs the fault tests plant on purpose (debug builds only).
+//! sealed segments each partition's prefix is stored as once ([`sealed`]). [`planted`] holds the bugs the fault tests plant on purpose (debug builds only); [`fuzzing`] what
+//! the fuzz targets share.
 //!
 //! Readers that need linearizable reads ask through [`barrier::ReadBarrier`], which the Raft layer implements.
 //!
@@ -15,6 +16,7 @@
 pub mod barrier;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod group_commit;
 pub mod ids;
 mod keys;

@@ -13,6 +13,10 @@ use crate::types::GroupId;
 use crate::types::NodeId;
 use crate::types::RegionNode;
 
+/// The longest a membership change of one group may take (adding a learner waits for it to catch up): under
+/// the servers' default request timeout (30 s), so the caller hears how it went.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(25);
+
 /// A member of the region, as a group's membership lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -48,9 +52,25 @@ impl Groups {
             .collect()
     }
 
-    /// Carries out `change` in `group`, which this node must lead.
+    /// Carries out `change` in `group`, which this node must lead, within [`MEMBERSHIP_CHANGE_TIMEOUT`]: a
+    /// change that takes longer is reported [`GroupError::Unavailable`] (it may still take effect: a learner
+    /// added but still catching up stays added).
     #[tracing::instrument(level = "info", skip(self), fields(partition = group))]
     pub async fn change_membership(&self, group: GroupId, change: MembershipChange) -> Result<(), GroupError> {
+        tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, self.change_membership_now(group, change)).await.unwrap_or_else(
+            |_| {
+                Err(GroupError::Unavailable {
+                    group,
+                    detail: format!(
+                        "the change did not finish in {} s; it may still take effect (see `fjord status`)",
+                        MEMBERSHIP_CHANGE_TIMEOUT.as_secs()
+                    ),
+                })
+            },
+        )
+    }
+
+    async fn change_membership_now(&self, group: GroupId, change: MembershipChange) -> Result<(), GroupError> {
         let raft = self.raft(group)?;
         let result = match change {
             MembershipChange::AddLearner(node, address) => {

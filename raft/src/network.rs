@@ -2,8 +2,11 @@
 //! chunks as independent HTTP/2 streams, so one slow group cannot hold up another. Messages are openraft's
 //! own types encoded with postcard inside a `RaftMessage { group, payload }`.
 //!
-//! Client side: [`GroupNetworkFactory`] hands openraft a [`GroupConnection`] per (group, peer). Server
-//! side: [`RaftTransportService`] routes each message to its group's `Raft`.
+//! Client side: [`GroupNetworkFactory`] hands openraft a [`GroupConnection`] per (group, peer), over
+//! [`PeerChannels`]: mutual TLS, each end proving with a certificate of the region's CA which node it is.
+//! Server side: [`RaftTransportService`] routes each message to its group's `Raft`, once it has checked
+//! that the node the peer's certificate names is the one the message claims to come from, and (for votes
+//! and campaigns) a member of the group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,8 +38,12 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::Status;
+use tonic::transport::Certificate;
 use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
+use tonic::transport::Identity;
 
 use crate::types::GroupId;
 use crate::types::NodeId;
@@ -67,20 +74,54 @@ fn entries_that_fit(entries: &[crate::types::Entry]) -> Option<u64> {
 /// The raft of a group, as the transport sees it.
 pub type GroupRaft = openraft::Raft<TypeConfig>;
 
+/// The name node `node` of `region` has in its certificate (a DNS subject alternative name), and that
+/// its peers expect when they connect to it.
+pub fn node_tls_name(node: NodeId, region: &str) -> String {
+    format!("node-{node}.{region}.fjord")
+}
+
+/// The node a node-to-node request comes from, as the peer's verified certificate names it: the server's
+/// TLS layer puts it in the request's extensions. The transport refuses messages without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNode(pub NodeId);
+
+/// How this node connects to its peers: with its own certificate, trusting only the region's CA, and
+/// expecting each peer's certificate to name it ([`node_tls_name`]).
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// The region CA's certificate.
+    pub ca: Certificate,
+    /// This node's certificate and key.
+    pub identity: Identity,
+    /// The region, part of every node's name.
+    pub region: String,
+}
+
 /// One lazily connected channel per peer, shared by every group on this node.
-#[derive(Default)]
 pub struct PeerChannels {
+    tls: PeerTls,
     channels: Mutex<HashMap<(NodeId, String), Channel>>,
 }
 
 impl PeerChannels {
-    /// The channel to `node` at `address` (`host:port`), created on first use; connects lazily.
+    /// Channels that connect with `tls`.
+    pub fn new(tls: PeerTls) -> Self {
+        PeerChannels { tls, channels: Mutex::default() }
+    }
+
+    /// The channel to `node` at `address` (`host:port`), created on first use; connects lazily, over TLS,
+    /// and only to a server whose certificate names `node`.
     pub fn channel(&self, node: NodeId, address: &str) -> Channel {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         channels
             .entry((node, address.to_owned()))
             .or_insert_with(|| {
-                let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(self.tls.ca.clone())
+                    .identity(self.tls.identity.clone())
+                    .domain_name(node_tls_name(node, &self.tls.region));
+                let endpoint = Endpoint::from_shared(format!("https://{address}"))
+                    .and_then(|endpoint| endpoint.tls_config(tls))
                     .unwrap_or_else(|_| Endpoint::from_static("http://invalid.address.invalid:1"))
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
@@ -203,15 +244,41 @@ impl RaftTransportService {
         RaftTransportService { groups }
     }
 
-    fn group(&self, message: &RaftMessage) -> Result<&GroupRaft, tonic::Status> {
-        self.raft(message.group)
+    fn raft(&self, group: GroupId) -> Result<&GroupRaft, Status> {
+        self.groups.get(group as usize).ok_or_else(|| Status::not_found(format!("no raft group {group} on this node")))
     }
+}
 
-    fn raft(&self, group: GroupId) -> Result<&GroupRaft, tonic::Status> {
-        self.groups
-            .get(group as usize)
-            .ok_or_else(|| tonic::Status::not_found(format!("no raft group {group} on this node")))
+/// The node the request's certificate names ([`PeerNode`]); without one, the request is refused.
+fn sender<T>(request: &tonic::Request<T>) -> Result<NodeId, Status> {
+    request
+        .extensions()
+        .get::<PeerNode>()
+        .map(|peer| peer.0)
+        .ok_or_else(|| Status::unauthenticated("Raft messages are accepted only from a node with a node certificate"))
+}
+
+/// Refuses a message that claims to come from another node than the one that sent it.
+fn check_claimed(sender: NodeId, claimed: Option<NodeId>) -> Result<(), Status> {
+    match claimed {
+        Some(claimed) if claimed != sender => {
+            Err(Status::permission_denied(format!("node {sender} sent a Raft message as node {claimed}")))
+        }
+        _ => Ok(()),
     }
+}
+
+/// Refuses a node outside `raft`'s membership, as this node knows it (a node that knows no membership yet,
+/// being added, accepts any node of its region). Votes and campaigns are checked: a removed node must not
+/// disrupt the group with elections. Appends and snapshots are not: they come from a leader, elected by a
+/// majority of its own membership, which a lagging member may not know yet; it would never catch up.
+fn check_member(raft: &GroupRaft, group: GroupId, sender: NodeId) -> Result<(), Status> {
+    let metrics = raft.metrics().borrow().membership_config.clone();
+    let membership = metrics.membership();
+    if membership.nodes().next().is_some() && membership.get_node(&sender).is_none() {
+        return Err(Status::permission_denied(format!("node {sender} is not a member of group {group}")));
+    }
+    Ok(())
 }
 
 fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, tonic::Status> {
@@ -231,38 +298,45 @@ impl RaftTransport for RaftTransportService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let sender = sender(&request)?;
         let message = request.into_inner();
+        let raft = self.raft(message.group)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&message)?;
-        let result = self.group(&message)?.append_entries(rpc).await;
-        reply(message.group, &result)
+        check_claimed(sender, rpc.vote.leader_id().voted_for())?;
+        reply(message.group, &raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let sender = sender(&request)?;
         let message = request.into_inner();
+        let raft = self.raft(message.group)?;
         let rpc: VoteRequest<NodeId> = decode(&message)?;
-        let result = self.group(&message)?.vote(rpc).await;
-        reply(message.group, &result)
+        check_claimed(sender, rpc.vote.leader_id().voted_for())?;
+        check_member(raft, message.group, sender)?;
+        reply(message.group, &raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let sender = sender(&request)?;
         let message = request.into_inner();
+        let raft = self.raft(message.group)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&message)?;
-        let result = self.group(&message)?.install_snapshot(rpc).await;
-        reply(message.group, &result)
+        check_claimed(sender, rpc.vote.leader_id().voted_for())?;
+        reply(message.group, &raft.install_snapshot(rpc).await)
     }
 
     async fn campaign(
         &self,
         request: tonic::Request<CampaignRequest>,
     ) -> Result<tonic::Response<CampaignResponse>, tonic::Status> {
-        self.raft(request.into_inner().group)?
-            .trigger()
-            .elect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let sender = sender(&request)?;
+        let group = request.into_inner().group;
+        let raft = self.raft(group)?;
+        check_member(raft, group, sender)?;
+        raft.trigger().elect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(tonic::Response::new(CampaignResponse {}))
     }
 }

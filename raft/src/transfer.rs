@@ -7,8 +7,9 @@
 //! 4. ask the target to campaign, and wait until it leads.
 //!
 //! Appends to the partition wait at the gate meanwhile (about one election timeout) and are then refused
-//! with `NotLeader`, which the node turns into a forward to the new leader. If another voter wins the
-//! election instead, the transfer reports it; nothing is lost either way, only leadership moves.
+//! with `NotLeader`, naming the new leader (clients retry; nothing was written). If another voter wins the
+//! election instead, the transfer reports it; nothing is lost either way, only leadership moves. A transfer
+//! given up midway (its caller gone) resumes heartbeats and the gate as it is dropped.
 
 use std::time::Duration;
 
@@ -38,6 +39,24 @@ pub(crate) struct Leadership<'a> {
     pub(crate) group: GroupId,
 }
 
+/// Stops this leader's heartbeats until dropped.
+struct HeartbeatsPaused<'a> {
+    raft: &'a GroupRaft,
+}
+
+impl<'a> HeartbeatsPaused<'a> {
+    fn start(raft: &'a GroupRaft) -> Self {
+        raft.runtime_config().heartbeat(false);
+        HeartbeatsPaused { raft }
+    }
+}
+
+impl Drop for HeartbeatsPaused<'_> {
+    fn drop(&mut self) {
+        self.raft.runtime_config().heartbeat(true);
+    }
+}
+
 impl Leadership<'_> {
     /// Hands leadership to `target`; see the module documentation for the steps.
     pub(crate) async fn transfer_to(
@@ -65,7 +84,9 @@ impl Leadership<'_> {
 
         let _no_proposals = proposal_gate.write().await;
         self.wait_until_caught_up(target).await?;
-        self.raft.runtime_config().heartbeat(false);
+        // Heartbeats resume when this guard drops: also when the caller gives up on the transfer midway
+        // (a dropped future), which would otherwise leave the group without heartbeats for good.
+        let _heartbeats_paused = HeartbeatsPaused::start(self.raft);
         let elected = async {
             tokio::time::sleep(leader_lease + LEASE_MARGIN).await;
             ask_to_campaign(peers, target, &address, self.group).await.map_err(|detail| self.unavailable(detail))?;
@@ -76,7 +97,6 @@ impl Leadership<'_> {
                 .map_err(|e| self.unavailable(format!("no new leader was elected: {e}")))
         }
         .await;
-        self.raft.runtime_config().heartbeat(true);
         match elected?.current_leader {
             Some(leader) if leader == target => Ok(()),
             other => Err(self.unavailable(format!(

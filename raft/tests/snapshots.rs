@@ -172,3 +172,55 @@ async fn a_peers_snapshot_id_never_names_a_file() {
     assert!(outside.is_empty(), "files outside the node's data dir: {outside:?}");
     assert_eq!(follower_sm.get_current_snapshot().await.unwrap().unwrap().meta, meta);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_tail_of_large_events_ships_in_frames_cut_by_bytes() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let storage = NodeStorage::open(
+        leader_dir.path(),
+        &StoreOptions { partitions: 1, ..StoreOptions::default() },
+        &NodeIdentity { node_id: 1, region: "test".to_owned() },
+        SealPolicy { segment_bytes: 1 << 40, ..SealPolicy::default() },
+    )
+    .unwrap();
+    storage.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
+    let (_, mut leader_sm) = storage.group(0).unwrap();
+    // 24 events of 1 MiB, all in the open tail (nothing sealed).
+    let entries: Vec<_> = (1..=24u64)
+        .map(|index| Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Command::Append {
+                appends: vec![AppendRequest {
+                    stream: "big".to_owned(),
+                    expected: ExpectedRevision::Any,
+                    events: vec![ProposedEvent::json("Large", vec![b'7'; 1024 * 1024])],
+                }],
+                commit_time_micros: 1_000 + index as i64,
+            }),
+        })
+        .collect();
+    leader_sm.apply(entries).await.unwrap();
+    let mut snapshot = leader_sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    snapshot.snapshot.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    snapshot.snapshot.read_to_end(&mut bytes).await.unwrap();
+
+    // Walk the frames: magic, then (kind, length, segment)*.
+    let (mut at, mut frames) = (8, Vec::new());
+    while at < bytes.len() {
+        let length = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().unwrap()) as usize;
+        frames.push(length);
+        at += 9 + length;
+    }
+    assert!(frames.len() >= 3, "24 MiB of tail in frames of about 8 MiB: {frames:?}");
+    assert!(frames.iter().all(|&length| length < 10 * 1024 * 1024), "{frames:?}");
+
+    let follower = open(follower_dir.path());
+    let (_, mut follower_sm) = follower.group(0).unwrap();
+    let mut receiving = follower_sm.begin_receiving_snapshot().await.unwrap();
+    receiving.write_all(&bytes).await.unwrap();
+    receiving.shutdown().await.unwrap();
+    follower_sm.install_snapshot(&snapshot.meta, receiving).await.unwrap();
+    assert_eq!(partition_bytes(&follower), partition_bytes(&storage));
+    assert_eq!(partition_bytes(&follower).len(), 24);
+}

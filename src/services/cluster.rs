@@ -1,5 +1,6 @@
 //! The public `Cluster` service: status of every partition group on this node, and membership changes,
-//! each carried out by the leader of every group (forwarded per group when this node is not it).
+//! each carried out by the leader of every group (forwarded per group when this node is not it). Every
+//! call needs a token that grants `admin`.
 
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
@@ -12,6 +13,8 @@ use tonic::Response;
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::security::access::authorize;
+use crate::security::tokens::Operation;
 use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::forwarded;
@@ -67,13 +70,39 @@ impl ClusterService {
     ) -> Result<(), Status> {
         let count = self.groups().group_count();
         let targets: Vec<GroupId> = if only.is_empty() { (0..count).collect() } else { only };
+        // Every group at once, each bounded in time; the error says which groups changed and which did not.
+        let mut changes = tokio::task::JoinSet::new();
         for group in targets {
-            match self.router.leader(group, metadata).await? {
-                Leader::Local => change_here(self.groups(), group, &change).await?,
-                Leader::Remote(channel) => change.forward(&mut ClusterClient::new(channel), group).await?,
+            let (router, change, metadata) = (self.router.clone(), change.clone(), metadata.clone());
+            changes.spawn(async move {
+                let result = match router.leader(group, &metadata).await {
+                    Ok(Leader::Local) => change_here(router.groups(), group, &change).await,
+                    Ok(Leader::Remote(channel)) => change.forward(&mut ClusterClient::new(channel), group).await,
+                    Err(status) => Err(status),
+                };
+                (group, result)
+            });
+        }
+        let (mut changed, mut failed) = (Vec::new(), Vec::new());
+        while let Some(joined) = changes.join_next().await {
+            match joined.map_err(|e| Status::internal(e.to_string()))? {
+                (group, Ok(())) => changed.push(group),
+                (group, Err(status)) => failed.push((group, status)),
             }
         }
-        Ok(())
+        changed.sort_unstable();
+        failed.sort_by_key(|(group, _)| *group);
+        if changed.is_empty() && failed.len() == 1 {
+            return Err(failed.remove(0).1);
+        }
+        let Some((_, first)) = failed.first() else { return Ok(()) };
+        let failures: Vec<String> =
+            failed.iter().map(|(group, status)| format!("group {group}: {}", status.message())).collect();
+        Err(crate::pb::status(
+            first.code(),
+            "MEMBERSHIP_CHANGE_INCOMPLETE",
+            format!("changed in groups {changed:?}; not in {}", failures.join("; ")),
+        ))
     }
 
     fn members(&self) -> Vec<v1::Member> {
@@ -99,7 +128,8 @@ async fn change_here(groups: &Groups, group: GroupId, change: &Change) -> Result
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn status(&self, request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        authorize(&request, Operation::Admin, None)?;
         let groups = self.groups();
         let partitions = (0..groups.group_count())
             .map(|group| {
@@ -134,18 +164,21 @@ impl Cluster for ClusterService {
         &self,
         request: Request<v1::AddLearnerRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        authorize(&request, Operation::Admin, None)?;
         let (metadata, _, add) = request.into_parts();
         self.change(Change::AddLearner(add.node_id, add.address), add.groups, &metadata).await?;
         Ok(Response::new(v1::MembershipResponse { members: self.members() }))
     }
 
     async fn promote(&self, request: Request<v1::NodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+        authorize(&request, Operation::Admin, None)?;
         let (metadata, _, promote) = request.into_parts();
         self.change(Change::Promote(promote.node_id), promote.groups, &metadata).await?;
         Ok(Response::new(v1::MembershipResponse { members: self.members() }))
     }
 
     async fn remove_node(&self, request: Request<v1::NodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+        authorize(&request, Operation::Admin, None)?;
         let (metadata, _, remove) = request.into_parts();
         self.change(Change::Remove(remove.node_id), remove.groups, &metadata).await?;
         Ok(Response::new(v1::MembershipResponse { members: self.members() }))
@@ -155,6 +188,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<v1::NodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        authorize(&request, Operation::Admin, None)?;
         let (metadata, _, transfer) = request.into_parts();
         self.change(Change::TransferLeadership(transfer.node_id), transfer.groups, &metadata).await?;
         Ok(Response::new(v1::MembershipResponse { members: self.members() }))

@@ -1,9 +1,18 @@
 //! The public `EventStore` service: appends go to the partition's leader (forwarded if need be) and are
 //! acknowledged once committed on a majority; reads are linearizable through the leader by default, or
-//! served from this node's applied state with `READ_CONSISTENCY_LOCAL`.
+//! served from this node's applied state with `READ_CONSISTENCY_LOCAL`. Every call is authorized against
+//! its caller's token (or came from another node, which authorized it).
+//!
+//! Reads stream pages cut by bytes ([`PAGE_BYTES`]), each read on the blocking pool and sent from an async
+//! task: a slow client holds a task and at most a page or two, never a thread. A client that reads nothing
+//! for the idle timeout gets `DEADLINE_EXCEEDED` and the read ends; at most [`MAX_READ_STREAMS`] reads run
+//! at once, more are refused with `RESOURCE_EXHAUSTED`.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::time::Duration;
 
 use fjord_log::Direction;
 use fjord_log::LogStore;
@@ -13,23 +22,32 @@ use fjord_log::RecordedEvent;
 use fjord_log::Revision;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_server::EventStore;
-use fjord_raft::GroupError;
 use fjord_raft::GroupId;
+use prost::Message;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
 use crate::pb;
-use crate::services::routing::FORWARDED_KEY;
+use crate::security::access::authorize;
+use crate::security::tokens::Operation;
 use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::event_store_client;
 use crate::services::routing::forwarded;
 
-/// Events per streamed read message.
-const EVENTS_PER_MESSAGE: u64 = 256;
+/// Events per streamed read message, at most.
+const EVENTS_PER_MESSAGE: usize = 256;
+/// Bytes of events per streamed read message: a message ends with the event that reaches this (so it holds
+/// at least one event, however large; with the default limits, under 1.2 MiB).
+pub const PAGE_BYTES: usize = 64 * 1024;
+/// Reads streaming at once on a node; more are refused.
+pub const MAX_READ_STREAMS: usize = 1024;
 
 /// A stream of read responses.
 pub type ReadStream = Pin<Box<dyn Stream<Item = Result<v1::ReadResponse, Status>> + Send>>;
@@ -39,12 +57,16 @@ pub struct EventStoreService {
     router: Router,
     store: Arc<LogStore>,
     region: String,
+    stream_idle_timeout: Duration,
+    read_streams: Arc<Semaphore>,
 }
 
 impl EventStoreService {
-    /// The service over this node's groups and log.
-    pub fn new(router: Router, store: Arc<LogStore>, region: String) -> Self {
-        EventStoreService { router, store, region }
+    /// The service over this node's groups and log; a streamed read ends when its client reads nothing for
+    /// `stream_idle_timeout`.
+    pub fn new(router: Router, store: Arc<LogStore>, region: String, stream_idle_timeout: Duration) -> Self {
+        let read_streams = Arc::new(Semaphore::new(MAX_READ_STREAMS));
+        EventStoreService { router, store, region, stream_idle_timeout, read_streams }
     }
 
     /// Makes a linearizable read of `group` possible here, or says which leader must serve it.
@@ -66,33 +88,116 @@ impl EventStoreService {
         }
     }
 
-    /// Streams events read on the blocking pool, `EVENTS_PER_MESSAGE` per message.
-    fn stream_events<I>(&self, group: GroupId, read: impl FnOnce() -> I + Send + 'static) -> ReadStream
+    /// Streams the events `reader` yields, a page at a time (see the module's doc).
+    fn stream_events<I>(&self, group: GroupId, reader: I) -> Result<ReadStream, Status>
     where
-        I: Iterator<Item = fjord_log::Result<RecordedEvent>>,
+        I: Iterator<Item = fjord_log::Result<RecordedEvent>> + Send + 'static,
     {
+        let permit = self.read_streams.clone().try_acquire_owned().map_err(|_| {
+            pb::status(
+                Code::ResourceExhausted,
+                "TOO_MANY_READS",
+                format!("this node is serving {MAX_READ_STREAMS} reads already; retry later or elsewhere"),
+            )
+        })?;
         let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset().0);
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let mut events = Vec::new();
-            for event in read() {
-                match event {
-                    Ok(event) => events.push(pb::recorded_event(event, group)),
-                    Err(error) => {
-                        let _ = sender.blocking_send(Err(pb::log_error(error)));
-                        return;
-                    }
+        let (sender, receiver) = mpsc::channel(1);
+        let idle = self.stream_idle_timeout;
+        tokio::spawn(async move {
+            let mut reader = reader;
+            loop {
+                let read = tokio::task::spawn_blocking(move || {
+                    let page = next_page(&mut reader, group);
+                    (reader, page)
+                });
+                let (returned, page) = match read.await {
+                    Ok(read) => read,
+                    Err(error) => return finish(&sender, Err(Status::internal(error.to_string())), idle).await,
+                };
+                reader = returned;
+                let (events, last) = match page {
+                    Ok(page) => page,
+                    Err(status) => return finish(&sender, Err(status), idle).await,
+                };
+                let page = Ok(v1::ReadResponse { events, as_of_offset });
+                if last {
+                    return finish(&sender, page, idle).await;
                 }
-                if events.len() as u64 == EVENTS_PER_MESSAGE {
-                    let page = v1::ReadResponse { events: std::mem::take(&mut events), as_of_offset };
-                    if sender.blocking_send(Ok(page)).is_err() {
-                        return;
-                    }
+                if sender.send_timeout(Some(page), idle).await.is_err() {
+                    return;
                 }
             }
-            let _ = sender.blocking_send(Ok(v1::ReadResponse { events, as_of_offset }));
         });
-        Box::pin(ReceiverStream::new(receiver))
+        Ok(Box::pin(ReadResponses { receiver, ended: false, idle, _permit: permit }))
+    }
+}
+
+/// The next page of `reader`'s events, and whether it is the last.
+fn next_page<I>(reader: &mut I, group: GroupId) -> Result<(Vec<v1::RecordedEvent>, bool), Status>
+where
+    I: Iterator<Item = fjord_log::Result<RecordedEvent>>,
+{
+    let (mut events, mut bytes) = (Vec::new(), 0);
+    while events.len() < EVENTS_PER_MESSAGE && bytes < PAGE_BYTES {
+        match reader.next() {
+            None => return Ok((events, true)),
+            Some(Err(error)) => return Err(pb::log_error(error)),
+            Some(Ok(event)) => {
+                let event = pb::recorded_event(event, group);
+                bytes += event.encoded_len();
+                events.push(event);
+            }
+        }
+    }
+    Ok((events, false))
+}
+
+/// Sends a read's last message, then the end marker (`None`), which tells [`ReadResponses`] the read ended
+/// as it should.
+async fn finish(
+    sender: &mpsc::Sender<Option<Result<v1::ReadResponse, Status>>>,
+    last: Result<v1::ReadResponse, Status>,
+    idle: Duration,
+) {
+    if sender.send_timeout(Some(last), idle).await.is_ok() {
+        let _ = sender.send_timeout(None, idle).await;
+    }
+}
+
+/// A read's response stream: the pages its task sends, ended by its end marker. A task that gave up on a
+/// client that read nothing for the idle timeout sent no marker: the client gets `DEADLINE_EXCEEDED`, never
+/// a clean end that would pass for the whole read.
+struct ReadResponses {
+    receiver: mpsc::Receiver<Option<Result<v1::ReadResponse, Status>>>,
+    ended: bool,
+    idle: Duration,
+    /// Holds the read's place among [`MAX_READ_STREAMS`] until the client is done with it.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream for ReadResponses {
+    type Item = Result<v1::ReadResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.receiver.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Some(item))) => Poll::Ready(Some(item)),
+            Poll::Ready(Some(None)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(pb::status(
+                    Code::DeadlineExceeded,
+                    "READ_IDLE",
+                    format!("the read ended: nothing was read from it for {} s", self.idle.as_secs()),
+                ))))
+            }
+        }
     }
 }
 
@@ -102,6 +207,7 @@ impl EventStore for EventStoreService {
     type ReadPartitionStream = ReadStream;
 
     async fn append(&self, request: Request<v1::AppendRequest>) -> Result<Response<v1::AppendResponse>, Status> {
+        authorize(&request, Operation::Append, Some(&request.get_ref().stream))?;
         let (metadata, _, wire) = request.into_parts();
         let groups = self.router.groups();
         // Counted before anything is converted: a request of millions of empty events costs nothing more.
@@ -109,33 +215,20 @@ impl EventStore for EventStoreService {
         if count > max {
             return Err(pb::group_error(fjord_log::InvalidInput::TooManyEvents { count, max }.into()));
         }
-        let append = pb::append_request(wire.clone())?;
-        groups.limits().validate_append(&append).map_err(|e| pb::group_error(e.into()))?;
-        let group = groups.group_of(&append.stream);
-        let channel = match self.router.leader(group, &metadata).await? {
-            Leader::Local => match groups.append(append).await {
-                Ok(outcome) => return Ok(Response::new(pb::append_response(&outcome, &self.region))),
-                // Leadership moved before the entry was proposed, so nothing was written: forward it once.
-                Err(GroupError::NotLeader { .. }) if !metadata.contains_key(FORWARDED_KEY) => {
-                    match self.router.leader(group, &metadata).await? {
-                        Leader::Remote(channel) => channel,
-                        Leader::Local => {
-                            return Err(pb::group_error(GroupError::NotLeader {
-                                node: groups.node(),
-                                group,
-                                leader: None,
-                            }));
-                        }
-                    }
-                }
-                Err(error) => return Err(pb::group_error(error)),
-            },
-            Leader::Remote(channel) => channel,
-        };
-        event_store_client(channel).append(forwarded(wire)).await
+        let group = groups.group_of(&wire.stream);
+        // A remote leader gets the request as it came: it converts and validates it itself.
+        if let Leader::Remote(channel) = self.router.leader(group, &metadata).await? {
+            return event_store_client(channel).append(forwarded(wire)).await;
+        }
+        // Converted in place, never copied. Should leadership move before the entry is proposed, nothing is
+        // written and the client is told where the leader went (UNAVAILABLE: retry).
+        let append = pb::append_request(wire)?;
+        let outcome = groups.append(append).await.map_err(pb::group_error)?;
+        Ok(Response::new(pb::append_response(&outcome, &self.region)))
     }
 
     async fn read_stream(&self, request: Request<v1::ReadStreamRequest>) -> Result<Response<ReadStream>, Status> {
+        authorize(&request, Operation::Read, Some(&request.get_ref().stream))?;
         let (metadata, _, read) = request.into_parts();
         let groups = self.router.groups();
         groups.limits().validate_stream(&read.stream).map_err(|e| pb::group_error(e.into()))?;
@@ -147,12 +240,13 @@ impl EventStore for EventStoreService {
         let log = self.store.partition(group).map_err(pb::log_error)?.clone();
         let direction = if read.backward { Direction::Backward } else { Direction::Forward };
         let limit = if read.limit == 0 { u64::MAX } else { read.limit };
-        Ok(Response::new(self.stream_events(group, move || {
-            log.read_stream(&read.stream, Revision(read.from_revision), direction, limit)
-        })))
+        let reader = log.read_stream(&read.stream, Revision(read.from_revision), direction, limit);
+        Ok(Response::new(self.stream_events(group, reader)?))
     }
 
     async fn read_partition(&self, request: Request<v1::ReadPartitionRequest>) -> Result<Response<ReadStream>, Status> {
+        // A partition holds every stream that hashes to it: reading it takes a grant on every stream.
+        authorize(&request, Operation::Read, None)?;
         let (metadata, _, read) = request.into_parts();
         let log = self.store.partition(read.partition).map_err(pb::log_error)?.clone();
         if let Leader::Remote(channel) = self.before_read(read.partition, read.consistency, &metadata).await? {
@@ -160,15 +254,14 @@ impl EventStore for EventStoreService {
             return Ok(Response::new(Box::pin(stream)));
         }
         let limit = if read.limit == 0 { u64::MAX } else { read.limit };
-        Ok(Response::new(
-            self.stream_events(read.partition, move || log.read_partition(Offset(read.from_offset), limit)),
-        ))
+        Ok(Response::new(self.stream_events(read.partition, log.read_partition(Offset(read.from_offset), limit))?))
     }
 
     async fn get_stream(
         &self,
         request: Request<v1::GetStreamRequest>,
     ) -> Result<Response<v1::GetStreamResponse>, Status> {
+        authorize(&request, Operation::Read, Some(&request.get_ref().stream))?;
         let (metadata, _, get) = request.into_parts();
         let groups = self.router.groups();
         groups.limits().validate_stream(&get.stream).map_err(|e| pb::group_error(e.into()))?;

@@ -24,8 +24,10 @@ use super::netns;
 const PREFIX: &str = "fj";
 /// Our nftables table in a node's network namespace (Docker keeps tables of its own there; we leave them be).
 pub(crate) const NFT_TABLE: &str = "inet fjord";
-/// The port every node listens on (each has an address of its own).
+/// The port every node serves its public API on (each has an address of its own).
 pub(crate) const NODE_PORT: u16 = 7000;
+/// The port every node serves its node-to-node plane on.
+pub(crate) const NODE_INTERNAL_PORT: u16 = 7001;
 
 /// A region's hosts: where its nodes run, and the network between them.
 pub(crate) enum Hosts {

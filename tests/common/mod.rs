@@ -19,16 +19,21 @@ use std::time::Duration;
 use std::time::Instant;
 
 use fjord_bench::launcher;
+use fjord_bench::launcher::NodeAddresses;
+use fjord_bench::launcher::NodeChannel;
 use fjord_bench::launcher::NodeSpec;
 use fjord_bench::launcher::RegionSpec;
-use fjord_bench::launcher::free_address;
+use fjord_bench::launcher::free_addresses;
+use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
-use tonic::transport::Channel;
 
 pub(crate) use fjord_bench::launcher::channel;
 pub(crate) use fjord_bench::launcher::free_ports;
+
+/// An `EventStore` client of a test region, presenting its admin token.
+pub(crate) type StoreClient = EventStoreClient<NodeChannel>;
 
 /// The fault tests (`faults`, `planted_bugs`, `power_loss`) take turns: each drives a region hard (power
 /// losses, planted bugs, a seeded schedule of faults), and two at once would starve each other on a small
@@ -38,7 +43,12 @@ pub(crate) static FAULT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::cons
 /// One node process and how to restart it.
 pub(crate) struct TestNode {
     pub(crate) id: u64,
+    /// Its public API.
     pub(crate) address: String,
+    /// Its node-to-node plane (what membership changes name).
+    pub(crate) internal_address: String,
+    /// The region's admin token.
+    pub(crate) token: BearerToken,
     /// Its `fjord server` command line.
     spec: NodeSpec,
     /// Extra environment (a planted bug, say).
@@ -49,8 +59,14 @@ pub(crate) struct TestNode {
 }
 
 impl TestNode {
-    fn new(spec: NodeSpec, env: Vec<(String, String)>, network: Option<Arc<hosts::Hosts>>) -> TestNode {
-        TestNode { id: spec.id, address: spec.address.clone(), spec, env, network, child: None }
+    fn new(
+        spec: NodeSpec,
+        token: BearerToken,
+        env: Vec<(String, String)>,
+        network: Option<Arc<hosts::Hosts>>,
+    ) -> TestNode {
+        let (id, address, internal_address) = (spec.id, spec.address.clone(), spec.internal_address.clone());
+        TestNode { id, address, internal_address, token, spec, env, network, child: None }
     }
 
     /// Where the node keeps its data.
@@ -107,12 +123,12 @@ impl TestNode {
         self.child.is_some()
     }
 
-    pub(crate) async fn store(&self) -> EventStoreClient<Channel> {
-        EventStoreClient::new(channel(&self.address).await)
+    pub(crate) async fn store(&self) -> StoreClient {
+        EventStoreClient::new(channel(&self.address, &self.token).await)
     }
 
-    pub(crate) async fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(channel(&self.address).await)
+    pub(crate) async fn cluster(&self) -> ClusterClient<NodeChannel> {
+        ClusterClient::new(channel(&self.address, &self.token).await)
     }
 }
 
@@ -136,6 +152,8 @@ pub(crate) struct RegionOptions {
     pub(crate) own_hosts: bool,
     /// Extra environment for every node (a planted bug, say).
     pub(crate) env: Vec<(String, String)>,
+    /// TOML added to the test config every node reads (its own sections: `[server]`, say).
+    pub(crate) extra_config: String,
 }
 
 /// A region of `n` nodes with `partitions` partitions. (Fields drop in order: the nodes stop before their
@@ -148,6 +166,8 @@ pub(crate) struct TestRegion {
     pub(crate) network: Option<Arc<hosts::Hosts>>,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) partitions: u32,
+    /// The region's admin token (every operation on every stream).
+    pub(crate) token: BearerToken,
     /// What every node runs with (for nodes added later).
     spec: RegionSpec,
 }
@@ -170,39 +190,42 @@ impl TestRegion {
     async fn launch(n: u64, partitions: u32, options: &RegionOptions) -> TestRegion {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("fjord.toml");
-        std::fs::write(&config, TEST_CONFIG).unwrap();
+        std::fs::write(&config, format!("{TEST_CONFIG}{}", options.extra_config)).unwrap();
         let ids: Vec<u64> = (1..=n).collect();
         let network = options.own_hosts.then(|| Arc::new(hosts::Hosts::create(&ids, fjord_program())));
-        let addresses: BTreeMap<u64, String> = match &network {
-            Some(network) => {
-                ids.iter().map(|id| (*id, format!("{}:{}", network.address(*id), hosts::NODE_PORT))).collect()
-            }
+        let addresses: BTreeMap<u64, NodeAddresses> = match &network {
+            Some(network) => ids
+                .iter()
+                .map(|id| {
+                    let address = network.address(*id);
+                    let public = format!("{address}:{}", hosts::NODE_PORT);
+                    (*id, NodeAddresses { public, internal: format!("{address}:{}", hosts::NODE_INTERNAL_PORT) })
+                })
+                .collect(),
             None => launcher::loopback_addresses(&ids),
         };
-        let spec = RegionSpec {
-            partitions,
-            dir: dir.path().to_owned(),
-            config: Some(config),
-            region: Some("test".to_owned()),
-        };
+        let spec =
+            RegionSpec { partitions, dir: dir.path().to_owned(), config: Some(config), region: "test".to_owned() };
+        let token = spec.make_credentials(fjord_program(), &ids).unwrap();
         let (mut nodes, mut disks) = (Vec::new(), BTreeMap::new());
         for node in spec.nodes(&addresses) {
             if options.lazy_disks {
                 let backing = dir.path().join(format!("disk-{}", node.id));
                 disks.insert(node.id, lazyfs::LazyFs::mount(&backing, &node.data_dir).unwrap());
             }
-            let mut node = TestNode::new(node, options.env.clone(), network.clone());
+            let mut node = TestNode::new(node, token.clone(), options.env.clone(), network.clone());
             node.spawn();
             nodes.push(node);
         }
-        let region = TestRegion { nodes, disks, network, dir, partitions, spec };
+        let region = TestRegion { nodes, disks, network, dir, partitions, token, spec };
         region.wait_for_leaders().await;
         region
     }
 
     /// Adds a node that is not in the initial membership (it starts empty and waits to be added).
     pub(crate) fn spawn_extra_node(&mut self, id: u64) -> &mut TestNode {
-        let mut node = TestNode::new(self.spec.extra_node(id, free_address()), Vec::new(), None);
+        self.make_node_certificate(id);
+        let mut node = TestNode::new(self.spec.extra_node(id, free_addresses()), self.token.clone(), Vec::new(), None);
         node.spawn();
         self.nodes.push(node);
         self.nodes.last_mut().unwrap()
@@ -226,6 +249,29 @@ impl TestRegion {
         }
     }
 
+    /// Makes a certificate for node `id` with the region's CA (kept if there is one).
+    pub(crate) fn make_node_certificate(&self, id: u64) {
+        self.spec.make_credentials(fjord_program(), &[id]).unwrap();
+    }
+
+    /// The region's admin token, as its security dir holds it.
+    pub(crate) fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.spec.security_dir().join("admin.token")).unwrap().trim().to_owned()
+    }
+
+    /// The region's security dir (made with `fjord certs`).
+    pub(crate) fn security_dir(&self) -> std::path::PathBuf {
+        self.spec.security_dir()
+    }
+
+    /// Every node, for a workload's clients to take turns on, with the region's admin token.
+    pub(crate) fn workload_nodes(&self) -> workload::Nodes {
+        workload::Nodes {
+            addresses: self.nodes.iter().map(|node| node.address.clone()).collect(),
+            token: self.token.clone(),
+        }
+    }
+
     pub(crate) fn node(&mut self, id: u64) -> &mut TestNode {
         self.nodes.iter_mut().find(|n| n.id == id).unwrap()
     }
@@ -237,14 +283,14 @@ impl TestRegion {
 
     /// Waits until every partition has a leader that a running node agrees on.
     pub(crate) async fn wait_for_leaders(&self) {
-        if let Err(error) = launcher::wait_for_leaders(&self.running(), self.partitions).await {
+        if let Err(error) = launcher::wait_for_leaders(&self.running(), self.partitions, &self.token).await {
             panic!("{error}; see {}", self.dir.path().display());
         }
     }
 
     /// partition → leader, as the running nodes see it, when every partition has a leader that is running.
     pub(crate) async fn leaders(&self) -> Option<BTreeMap<u32, u64>> {
-        launcher::leaders(&self.running(), self.partitions).await
+        launcher::leaders(&self.running(), self.partitions, &self.token).await
     }
 
     /// Reads a whole partition from one node's applied state.
@@ -318,7 +364,7 @@ pub(crate) fn append(stream: &str, expected: Option<v1::expected_revision::Kind>
 
 /// Reads a whole stream, linearizably, through the given node.
 pub(crate) async fn read_stream(
-    client: &mut EventStoreClient<Channel>,
+    client: &mut StoreClient,
     stream: &str,
 ) -> Result<Vec<v1::RecordedEvent>, tonic::Status> {
     let request = v1::ReadStreamRequest { stream: stream.to_owned(), ..Default::default() };
@@ -332,7 +378,7 @@ pub(crate) async fn read_stream(
 
 /// How many events a stream holds, read linearizably through the given node: one page, backward from the
 /// end (its last event's revision + 1), however long the stream has grown.
-pub(crate) async fn stream_length(client: &mut EventStoreClient<Channel>, stream: &str) -> Result<u64, tonic::Status> {
+pub(crate) async fn stream_length(client: &mut StoreClient, stream: &str) -> Result<u64, tonic::Status> {
     let request = v1::ReadStreamRequest {
         stream: stream.to_owned(),
         from_revision: u64::MAX,
@@ -349,9 +395,14 @@ pub(crate) async fn stream_length(client: &mut EventStoreClient<Channel>, stream
 }
 
 /// The ids (as u128) of a whole stream's events, read linearizably through the given node.
-pub(crate) async fn stream_ids(client: &mut EventStoreClient<Channel>, stream: &str) -> Vec<u128> {
+pub(crate) async fn stream_ids(client: &mut StoreClient, stream: &str) -> Vec<u128> {
     let events = read_stream(client, stream).await.unwrap();
     events.iter().map(|e| uuid::Uuid::from_slice(&e.id).unwrap().as_u128()).collect()
+}
+
+/// A lazily connecting channel to a node's public API that presents no token.
+pub(crate) fn anonymous_channel(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy()
 }
 
 /// The reason metadata of a status.

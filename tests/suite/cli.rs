@@ -1,11 +1,18 @@
-//! The command-line client against a running region: `fjord append`, `fjord read`, `fjord status`.
+//! The command-line client against a running region: `fjord append`, `fjord read`, `fjord status`, with
+//! the region's admin token in `FJORD_TOKEN`, and tokens that grant less, issued with `fjord token`.
 
 use std::process::Command;
 
 use crate::common::TestRegion;
 
-fn fjord(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_fjord")).args(args).output().unwrap();
+/// Runs `fjord args` with `token` in `FJORD_TOKEN` (none: unset).
+fn fjord_as(token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fjord"));
+    command.args(args).env_remove("FJORD_TOKEN");
+    if let Some(token) = token {
+        command.env("FJORD_TOKEN", token);
+    }
+    let output = command.output().unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -17,6 +24,8 @@ fn fjord(args: &[&str]) -> (bool, String, String) {
 async fn append_read_and_status_from_the_command_line() {
     let region = TestRegion::start(3, 2).await;
     let (a, b, c) = (&region.nodes[0].address, &region.nodes[1].address, &region.nodes[2].address);
+    let admin = region.admin_token();
+    let fjord = |args: &[&str]| fjord_as(Some(&admin), args);
 
     let (ok, out, err) =
         fjord(&["append", "--server", a, "cart-1", "ItemAdded", r#"{"sku":"tent"}"#, "--expected", "no-stream"]);
@@ -55,4 +64,67 @@ async fn append_read_and_status_from_the_command_line() {
     let (ok, _, err) = fjord(&["append", "--server", "127.0.0.1:1", "s-1", "T", "{}"]);
     assert!(!ok);
     assert!(err.contains("connecting to 127.0.0.1:1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_grant_what_they_say_and_nothing_else() {
+    let region = TestRegion::start(1, 1).await;
+    let server = region.nodes[0].address.clone();
+    let admin = region.admin_token();
+    let security = region.security_dir().display().to_string();
+    let (ok, reader, err) =
+        fjord_as(None, &["token", "--dir", &security, "--subject", "reader", "--grant", "read:order-"]);
+    assert!(ok, "{err}");
+    let (ok, writer, err) =
+        fjord_as(None, &["token", "--dir", &security, "--subject", "writer", "--grant", "append,read:order-"]);
+    assert!(ok, "{err}");
+    let (reader, writer) = (reader.trim(), writer.trim());
+
+    let (ok, _, err) = fjord_as(None, &["append", "--server", &server, "order-1", "Placed", "{}"]);
+    assert!(!ok);
+    assert!(err.contains("no token"), "{err}");
+    let (ok, _, err) = fjord_as(Some("not-a-token"), &["append", "--server", &server, "order-1", "Placed", "{}"]);
+    assert!(!ok);
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    let (ok, _, err) = fjord_as(Some(reader), &["append", "--server", &server, "order-1", "Placed", "{}"]);
+    assert!(!ok);
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("append"), "{err}");
+    let (ok, _, err) = fjord_as(Some(writer), &["append", "--server", &server, "invoice-1", "Issued", "{}"]);
+    assert!(!ok);
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("invoice-1"), "{err}");
+    let (ok, _, err) = fjord_as(Some(writer), &["status", "--server", &server]);
+    assert!(!ok);
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("admin"), "{err}");
+
+    // Nothing above was written: the stream is still empty.
+    let (ok, out, err) = fjord_as(Some(reader), &["read", "--server", &server, "order-1", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "");
+    let (ok, _, err) = fjord_as(Some(writer), &["append", "--server", &server, "order-1", "Placed", "{}"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = fjord_as(Some(reader), &["read", "--server", &server, "order-1", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (ok, _, err) = fjord_as(Some(&admin), &["status", "--server", &server]);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_checked_against_its_content_type_and_printed_terminal_safe() {
+    let region = TestRegion::start(1, 1).await;
+    let server = region.nodes[0].address.clone();
+    let admin = region.admin_token();
+    let fjord = |args: &[&str]| fjord_as(Some(&admin), args);
+
+    let (ok, _, err) = fjord(&["append", "--server", &server, "note-1", "Written", "{not json"]);
+    assert!(!ok);
+    assert!(err.contains("not JSON"), "{err}");
+    let escape = "plain \u{1b}]0;owned\u{7}\u{1b}[2J text";
+    let (ok, _, err) =
+        fjord(&["append", "--server", &server, "note-1", "Written", escape, "--content-type", "text/plain"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = fjord(&["read", "--server", &server, "note-1"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "control characters reached the terminal: {out:?}");
+    assert!(out.contains("plain \\u{1b}]0;owned"), "{out}");
 }

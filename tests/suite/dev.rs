@@ -8,8 +8,9 @@ use std::process::Stdio;
 
 use crate::common::free_ports;
 
-/// Runs `fjord dev` in `cwd` until it says it is ready, then sends SIGINT; returns what it printed.
-fn run_dev(cwd: &Path, port: u16) -> String {
+/// Runs `fjord dev` in `cwd` until it says it is ready, then `while_up` with what it printed so far, then
+/// sends SIGINT; returns what it printed.
+fn run_dev(cwd: &Path, port: u16, while_up: impl FnOnce(&str)) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fjord"))
         .args(["dev", "--port", &port.to_string()])
         .current_dir(cwd)
@@ -28,6 +29,7 @@ fn run_dev(cwd: &Path, port: u16) -> String {
             break;
         }
     }
+    while_up(&output);
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     for line in lines {
@@ -39,16 +41,37 @@ fn run_dev(cwd: &Path, port: u16) -> String {
     output
 }
 
-/// Three consecutive free ports: `fjord dev` takes the one given and the next two.
+/// Six consecutive free ports: `fjord dev` takes the one given and the next five.
 fn dev_port() -> u16 {
-    free_ports(3)
+    free_ports(6)
+}
+
+/// The token `fjord dev` says to export.
+fn printed_token(output: &str) -> &str {
+    output.lines().find_map(|line| line.trim().strip_prefix("export FJORD_TOKEN=")).expect("fjord dev prints a token")
 }
 
 #[test]
 fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let port = dev_port();
-    let first = run_dev(dir.path(), port);
+    let first = run_dev(dir.path(), port, |output| {
+        // The printed commands work as printed, with the printed token; without it, nothing is served.
+        let server = format!("127.0.0.1:{port}");
+        let status = Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["status", "--server", &server])
+            .env("FJORD_TOKEN", printed_token(output))
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(String::from_utf8_lossy(&status.stdout).contains("region dev"));
+        let refused = Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["status", "--server", &server, "--token", "x"])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"));
+    });
     for node in 1..=3 {
         assert!(dir.path().join(format!("data/node-{node}")).is_dir(), "node {node} keeps its data under ./data");
     }
@@ -61,7 +84,8 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
     assert!(first.contains(&format!("fjord status --server 127.0.0.1:{port}")), "{first}");
     assert!(first.contains("stopping"), "{first}");
 
-    let second = run_dev(dir.path(), port);
+    let second = run_dev(dir.path(), port, |_| {});
+    assert_eq!(printed_token(&first), printed_token(&second), "the dev region keeps its credentials");
     assert!(
         second.contains("appended 3 events to order-1001 via node 1") && second.contains("revisions 3..=5"),
         "{second}"

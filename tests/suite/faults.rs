@@ -32,10 +32,10 @@ async fn mixed_faults_break_no_promise_the_history_checker_knows() {
     let (cycles, seed) = (from_env("FJORD_FAULT_CYCLES", 50), from_env("FJORD_FAULT_SEED", 1));
     // `FJORD_FAULT_NODE_LOG` sets the nodes' log filter (default `warn`) when a failure needs a closer look.
     let env = std::env::var("FJORD_FAULT_NODE_LOG").map(|filter| vec![("FJORD_LOG".to_owned(), filter)]);
-    let options = RegionOptions { lazy_disks: true, own_hosts: true, env: env.unwrap_or_default() };
+    let options =
+        RegionOptions { lazy_disks: true, own_hosts: true, env: env.unwrap_or_default(), ..RegionOptions::default() };
     let mut region = TestRegion::start_with_options(3, 2, &options).await;
-    let addresses: Vec<String> = region.nodes.iter().map(|n| n.address.clone()).collect();
-    let workload = Workload::start(&addresses, 4, 2);
+    let workload = Workload::start(&region.workload_nodes(), 4, 2);
     let (mut schedule, faults) = (Schedule::new(seed), Fault::all(&region));
     let mut injected: BTreeMap<Fault, u64> = BTreeMap::new();
     for cycle in 0..cycles {

@@ -1,7 +1,8 @@
 //! What gRPC tools rely on, asked as they ask it: server reflection in both versions (grpcurl asks v1 and
 //! falls back to v1alpha; Postman, evans and Python's grpcio-reflection ask v1alpha) lists every public
 //! service and describes its files (never the node-to-node transport), and the standard health service
-//! reports the event store serving once the node knows every partition's leader.
+//! reports the event store serving once the node knows every partition's leader. Both answer anyone: no
+//! token is sent here.
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -10,14 +11,14 @@ use tonic_reflection::pb::v1;
 use tonic_reflection::pb::v1alpha;
 
 use crate::common::TestRegion;
-use crate::common::channel;
+use crate::common::anonymous_channel;
 
 const PUBLIC_SERVICES: [&str; 2] = ["fjord.v1.EventStore", "fjord.v1.Cluster"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_in_both_versions_and_health_answer_like_grpcurl_expects() {
     let region = TestRegion::start(1, 1).await;
-    let channel = channel(&region.nodes[0].address).await;
+    let channel = anonymous_channel(&region.nodes[0].address);
 
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let asks = [
@@ -82,5 +83,5 @@ async fn a_node_that_knows_no_leader_is_not_ready() {
     let mut region = TestRegion::start(1, 1).await;
     // A node outside the region's membership: it serves, but no partition of it has a leader it knows.
     let address = region.spawn_extra_node(9).address.clone();
-    assert_eq!(event_store_health(channel(&address).await).await, ServingStatus::NotServing);
+    assert_eq!(event_store_health(anonymous_channel(&address)).await, ServingStatus::NotServing);
 }

@@ -18,7 +18,7 @@ async fn a_new_node_catches_up_and_a_removed_node_stops_receiving() {
     for i in 0..120u128 {
         client.append(append(&format!("stream-{}", i % 7), None, &[i + 1])).await.unwrap();
     }
-    let address = region.spawn_extra_node(4).address.clone();
+    let address = region.spawn_extra_node(4).internal_address.clone();
     let mut cluster = region.nodes[1].cluster().await;
     cluster.add_learner(v1::AddLearnerRequest { node_id: 4, address, groups: vec![] }).await.unwrap();
     let members = cluster.promote(v1::NodeRequest { node_id: 4, groups: vec![] }).await.unwrap().into_inner();

@@ -34,8 +34,7 @@ fn has(violations: &[Violation], wanted: fn(&Violation) -> bool) -> bool {
 async fn acknowledging_before_fsync_loses_events_at_a_power_loss() {
     let _turn = FAULT_TESTS.lock().await;
     let mut region = TestRegion::start_with_options(3, 1, &planted("ack-before-fsync", true)).await;
-    let addresses: Vec<String> = region.nodes.iter().map(|n| n.address.clone()).collect();
-    let workload = Workload::start(&addresses, 4, 0);
+    let workload = Workload::start(&region.workload_nodes(), 4, 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     region.power_loss();
     region.wait_for_leaders().await;
@@ -105,8 +104,7 @@ async fn acknowledging_before_a_majority_loses_events_when_the_leader_dies() {
 async fn skipping_the_expected_revision_check_crowns_two_winners() {
     let _turn = FAULT_TESTS.lock().await;
     let region = TestRegion::start_with_options(3, 1, &planted("skip-expected-revision", false)).await;
-    let addresses: Vec<String> = region.nodes.iter().map(|n| n.address.clone()).collect();
-    let workload = Workload::start(&addresses, 0, 3);
+    let workload = Workload::start(&region.workload_nodes(), 0, 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let history = workload.stop().await;
     let verdict = nemesis::judge(&region, &history, &BTreeMap::new(), 0).await;

@@ -187,3 +187,18 @@ async fn oversized_requests_are_refused_before_they_are_converted_and_write_noth
     }
     client.append(append("s-1", None, &[1])).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_decode_is_invalid_argument_not_a_retryable_internal_error() {
+    let region = TestRegion::start(1, 1).await;
+    // A `NodeRequest` (field 1 a number) sent as an `Append` (field 1 a string): it cannot be decoded.
+    let channel = crate::common::channel(&region.nodes[0].address, &region.nodes[0].token).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<v1::NodeRequest, v1::AppendResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/fjord.v1.EventStore/Append");
+    let request = tonic::Request::new(v1::NodeRequest { node_id: 5, groups: vec![] });
+    let status = grpc.unary(request, path, codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("undecodable"), "{status:?}");
+}

@@ -115,6 +115,11 @@ impl<W: Write> SegmentEncoder<W> {
         Ok(())
     }
 
+    /// Bytes of the segment so far: what is written and the batch not yet written (the footer excluded).
+    pub fn bytes_so_far(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
     /// Seals the segment: writes the last batch and the footer. `next_offset` is the offset after the covered
     /// range (at least one past the last record). Returns what the segment covers and its chain checksum.
     pub fn finish(mut self, next_offset: u64) -> Result<(W, SegmentSummary)> {

@@ -1,0 +1,116 @@
+//! Who made a request and what they may do: the interceptors that establish the caller (a token on the
+//! public plane, a certificate on the node-to-node plane) and the one check every handler makes.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fjord_proto::auth::AUTHORIZATION_KEY;
+use fjord_proto::auth::BEARER_PREFIX;
+use fjord_raft::NodeId;
+use fjord_raft::network::PeerNode;
+use tonic::Code;
+use tonic::Request;
+use tonic::Status;
+use tonic::service::Interceptor;
+
+use crate::pb::status;
+use crate::security::certs::peer_node;
+use crate::security::tokens::Claims;
+use crate::security::tokens::Operation;
+use crate::security::tokens::TokenKey;
+
+/// Who made a request, as an interceptor established it (a request extension).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A client, with the claims of its verified token.
+    Client(Arc<Claims>),
+    /// Another node of the region, by its verified certificate: a request it forwarded after checking it.
+    Peer(NodeId),
+}
+
+/// Checks that the request's caller may do `operation` on `stream` (`None`: on every stream). A request
+/// no interceptor vouched for is refused.
+pub fn authorize<T>(request: &Request<T>, operation: Operation, stream: Option<&str>) -> Result<(), Status> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Peer(_)) => Ok(()),
+        Some(Caller::Client(claims)) if claims.allows(operation, stream) => Ok(()),
+        Some(Caller::Client(claims)) => Err(status(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            match stream {
+                Some(stream) => {
+                    format!("the token of {:?} does not grant {operation} on stream {stream:?}", claims.sub)
+                }
+                None => format!("the token of {:?} does not grant {operation} on every stream", claims.sub),
+            },
+        )),
+        None => Err(unauthenticated("no caller was established for this request".to_owned())),
+    }
+}
+
+fn unauthenticated(message: String) -> Status {
+    status(Code::Unauthenticated, "UNAUTHENTICATED", message)
+}
+
+/// The public plane's interceptor: the request must carry `authorization: Bearer <token>` with a token
+/// signed by the region's key and not expired.
+#[derive(Clone)]
+pub struct TokenAuthenticator {
+    key: Arc<TokenKey>,
+}
+
+impl TokenAuthenticator {
+    /// Verifies tokens with `key`.
+    pub fn new(key: Arc<TokenKey>) -> Self {
+        TokenAuthenticator { key }
+    }
+}
+
+impl Interceptor for TokenAuthenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get(AUTHORIZATION_KEY)
+            .ok_or_else(|| unauthenticated("no token: send `authorization: Bearer <token>`".to_owned()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix(BEARER_PREFIX))
+            .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`".to_owned()))?;
+        let claims = self.key.verify(token, SystemTime::now()).map_err(|e| unauthenticated(e.to_string()))?;
+        request.extensions_mut().insert(Caller::Client(Arc::new(claims)));
+        Ok(request)
+    }
+}
+
+/// The node-to-node plane's interceptor: TLS verified the peer's certificate against the region's CA; its
+/// name must be a node of this region, which becomes the request's caller (for the Raft transport too).
+#[derive(Clone)]
+pub struct PeerAuthenticator {
+    region: Arc<str>,
+}
+
+impl PeerAuthenticator {
+    /// Accepts nodes of `region`.
+    pub fn new(region: &str) -> Self {
+        PeerAuthenticator { region: region.into() }
+    }
+}
+
+impl Interceptor for PeerAuthenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let chain = request
+            .peer_certs()
+            .ok_or_else(|| unauthenticated("node-to-node requests need a node certificate".to_owned()))?;
+        let node = peer_node(&chain, &self.region).ok_or_else(|| {
+            status(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                format!("the peer's certificate names no node of region {}", self.region),
+            )
+        })?;
+        request.extensions_mut().insert(Caller::Peer(node));
+        request.extensions_mut().insert(PeerNode(node));
+        Ok(request)
+    }
+}
