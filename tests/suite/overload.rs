@@ -18,7 +18,7 @@ const SLOW_READERS: usize = 2_000;
 /// Connections they spread over (each carries at most 256 streams).
 const READER_CONNECTIONS: usize = 10;
 /// The idle timeout of streamed reads in this test.
-const IDLE_SECS: u64 = 8;
+const IDLE_SECS: u64 = 15;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing() {
@@ -30,8 +30,8 @@ async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing(
     let leaders = region.leaders().await.unwrap();
     let leader = region.nodes.iter().find(|node| node.id == leaders[&0]).unwrap();
     let mut client = leader.store().await;
-    // More than a reader's flow-control window holds, so a server that streams it must wait for the reader.
-    for batch in 0..20u128 {
+    // 4 MB: more than a reader's flow-control window (2 MiB) holds, so a server must wait for the reader.
+    for batch in 0..40u128 {
         let mut request = append("bulk", None, &((batch * 50 + 1)..=(batch * 50 + 50)).collect::<Vec<_>>());
         for event in &mut request.events {
             event.data = vec![b'x'; 2048];
@@ -85,12 +85,19 @@ async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing(
         .await
         .expect("an election waited behind the slow readers")
         .unwrap();
-    assert_eq!(stream_ids(&mut client, "during").await, (1..=10).collect::<Vec<_>>());
+    // More reads are refused at once, not queued behind the stuck ones.
+    let refused = tokio::time::timeout(Duration::from_secs(5), stream_ids_or_status(&mut client, "during"))
+        .await
+        .expect("a read waited behind the slow readers");
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::ResourceExhausted);
 
     // Past the idle timeout the stuck reads are ended with DEADLINE_EXCEEDED, never a clean end that would
     // pass for the whole partition, and their places are free again.
     tokio::time::sleep(Duration::from_secs(IDLE_SECS + 2)).await;
-    let mut reader = stuck.swap_remove(0);
+    // The last reader opened (its connection's window went to the readers before it), read alone: the
+    // others are dropped, so their unread data no longer holds their connections' windows.
+    let mut reader = stuck.pop().unwrap();
+    drop(stuck);
     let mut outcome = Ok(());
     while let Some(message) = reader.message().await.transpose() {
         if let Err(status) = message {
@@ -100,7 +107,6 @@ async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing(
     }
     let status = outcome.expect_err("a read given up on ended as if it were complete");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    drop(stuck);
     let mut fresh = connections[0].clone();
     let request =
         v1::ReadPartitionRequest { partition: 0, consistency: v1::ReadConsistency::Local as i32, ..Default::default() };
@@ -109,7 +115,12 @@ async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing(
     while let Some(page) = pages.message().await.unwrap() {
         events += page.events.len();
     }
-    assert_eq!(events, 1010);
+    assert_eq!(events, 2010);
+    assert_eq!(stream_ids(&mut client, "during").await, (1..=10).collect::<Vec<_>>());
+}
+
+async fn stream_ids_or_status(client: &mut crate::common::StoreClient, stream: &str) -> Result<usize, tonic::Status> {
+    crate::common::read_stream(client, stream).await.map(|events| events.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
