@@ -31,7 +31,7 @@ pub struct Member {
 /// A membership change of one group, carried out by the group's leader (this node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    /// Adds a learner at an address and waits until it has caught up.
+    /// Adds a learner at an address and waits until it holds the log up to the entry that added it.
     AddLearner(NodeId, String),
     /// Makes a learner a voter.
     Promote(NodeId),
@@ -78,7 +78,22 @@ impl Groups {
                     let detail = "this node has not learned the cluster id yet".to_owned();
                     return Err(GroupError::Refused { group, detail });
                 };
-                raft.add_learner(node, RegionNode { address, cluster_id }, true).await
+                // Not openraft's blocking add, which calls a learner within 5,000 entries caught up: this
+                // waits until it holds the log up to the entry that added it (bounded by the caller).
+                let added = raft
+                    .add_learner(node, RegionNode { address, cluster_id }, false)
+                    .await
+                    .map_err(|error| GroupError::Membership { group, detail: error.to_string() })?;
+                let caught_up = |m: &openraft::RaftMetrics<NodeId, RegionNode>| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&node).copied().flatten());
+                    matched.is_some_and(|id| id.index >= added.log_id.index)
+                };
+                return raft
+                    .wait(None)
+                    .metrics(caught_up, "the new learner holds the log")
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| GroupError::Unavailable { group, detail: error.to_string() });
             }
             MembershipChange::Promote(node) => {
                 raft.change_membership(ChangeMembers::AddVoterIds([node].into()), false).await

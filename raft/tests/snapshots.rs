@@ -185,7 +185,18 @@ async fn a_long_tail_of_large_events_ships_in_frames_cut_by_bytes() {
     .unwrap();
     storage.segments().adopt_cluster_id(uuid::Uuid::from_u128(7)).unwrap();
     let (_, mut leader_sm) = storage.group(0).unwrap();
-    // 24 events of 1 MiB, all in the open tail (nothing sealed).
+    // 24 events of 1 MiB that do not compress, all in the open tail (nothing sealed).
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = move || {
+        (0..1024 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
     let entries: Vec<_> = (1..=24u64)
         .map(|index| Entry {
             log_id: log_id(1, 1, index),
@@ -193,7 +204,7 @@ async fn a_long_tail_of_large_events_ships_in_frames_cut_by_bytes() {
                 appends: vec![AppendRequest {
                     stream: "big".to_owned(),
                     expected: ExpectedRevision::Any,
-                    events: vec![ProposedEvent::json("Large", vec![b'7'; 1024 * 1024])],
+                    events: vec![ProposedEvent::json("Large", noise())],
                 }],
                 commit_time_micros: 1_000 + index as i64,
             }),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fjord_proto::v1;
+use fjord_proto::v1::cluster_client::ClusterClient;
 
 use crate::common::TestRegion;
 use crate::common::append;
@@ -99,4 +100,27 @@ async fn leadership_moves_to_the_named_voter_and_writers_lose_nothing() {
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     assert_eq!(reason(&refused), "FAILED_PRECONDITION");
     assert_eq!(region.leaders().await.unwrap(), after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_learner_that_never_catches_up_is_reported_in_time_per_group() {
+    let region = TestRegion::start(3, 2).await;
+    // A channel without the harness's 10 s timeout: the node's own bound is what is tested.
+    let channel = crate::common::anonymous_channel(&region.nodes[0].address);
+    let token = region.nodes[0].token.clone();
+    let mut cluster = ClusterClient::new(tonic::service::interceptor::InterceptedService::new(channel, token));
+    // Nobody listens there: the learner is added but never catches up.
+    let unreachable = v1::AddLearnerRequest { node_id: 7, address: "127.0.0.1:9".to_owned(), groups: vec![] };
+    let started = std::time::Instant::now();
+    let refused = cluster.add_learner(unreachable).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert_eq!(reason(&refused), "MEMBERSHIP_CHANGE_INCOMPLETE", "{refused:?}");
+    assert!(
+        refused.message().contains("group 0:") && refused.message().contains("group 1:"),
+        "every group says how it went: {refused:?}"
+    );
+    assert!(refused.message().contains("may still take effect"), "{refused:?}");
+    // The region goes on serving.
+    let mut client = region.nodes[1].store().await;
+    client.append(append("after-learner", None, &[1])).await.unwrap();
 }

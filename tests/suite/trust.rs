@@ -1,6 +1,7 @@
 //! The trust boundary, tried as an attacker would: Raft traffic forged on the public port, on the
 //! node-to-node port without a certificate, with a certificate of another CA, and with real node
-//! certificates that claim to be another node or belong to no member. Each is refused, and the region keeps
+//! certificates that claim to be another node or belong to no member (votes, appends, snapshot installs and
+//! campaigns alike). Each is refused, and the region keeps
 //! serving with its terms untouched. The public API refuses calls without a valid token.
 
 use std::path::Path;
@@ -8,11 +9,14 @@ use std::path::Path;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
+use fjord_proto::v1::internal::CampaignRequest;
 use fjord_proto::v1::internal::RaftMessage;
 use fjord_proto::v1::internal::raft_transport_client::RaftTransportClient;
 use fjord_raft::types::TypeConfig;
+use openraft::SnapshotMeta;
 use openraft::Vote;
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::InstallSnapshotRequest;
 use openraft::raft::VoteRequest;
 use tonic::Code;
 use tonic::transport::Certificate;
@@ -43,6 +47,17 @@ fn append_entries_as(node: u64) -> Vec<u8> {
     postcard::to_allocvec(&request).unwrap()
 }
 
+fn install_snapshot_as(node: u64) -> Vec<u8> {
+    let request = InstallSnapshotRequest::<TypeConfig> {
+        vote: Vote::new_committed(FORGED_TERM, node),
+        meta: SnapshotMeta { snapshot_id: "../../forged".to_owned(), ..SnapshotMeta::default() },
+        offset: 0,
+        data: b"FJSNAP02".to_vec(),
+        done: true,
+    };
+    postcard::to_allocvec(&request).unwrap()
+}
+
 /// A TLS channel to a node-to-node address, trusting `ca`, presenting `identity` (none: no certificate),
 /// expecting the server to be node `node` of region `test`.
 fn tls_channel(address: &str, ca: &Path, identity: Option<(&Path, &Path)>, node: u64) -> Channel {
@@ -65,6 +80,15 @@ async fn send_append_entries(channel: Channel, node: u64) -> Result<(), tonic::S
     RaftTransportClient::new(channel).append_entries(message).await.map(|_| ())
 }
 
+async fn send_install_snapshot(channel: Channel, node: u64) -> Result<(), tonic::Status> {
+    let message = RaftMessage { group: 0, payload: install_snapshot_as(node) };
+    RaftTransportClient::new(channel).install_snapshot(message).await.map(|_| ())
+}
+
+async fn send_campaign(channel: Channel) -> Result<(), tonic::Status> {
+    RaftTransportClient::new(channel).campaign(CampaignRequest { group: 0 }).await.map(|_| ())
+}
+
 /// The highest term any node reports for any partition.
 async fn highest_term(region: &TestRegion) -> u64 {
     let mut highest = 0;
@@ -83,13 +107,17 @@ async fn forged_raft_traffic_is_refused_and_the_region_keeps_serving() {
     let ca = security.join("ca.pem");
     let term_before = highest_term(&region).await;
 
-    // The public port does not serve the Raft transport at all.
+    // The public port does not serve the Raft transport at all, nor campaigns.
     let refused = send_vote(anonymous_channel(&target.0), 1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    let refused = send_campaign(anonymous_channel(&target.0)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
     // The node-to-node port speaks only TLS.
     assert!(send_vote(anonymous_channel(&target.1), 1).await.is_err());
+    assert!(send_campaign(anonymous_channel(&target.1)).await.is_err());
     // TLS without a client certificate: the handshake is refused.
     assert!(send_vote(tls_channel(&target.1, &ca, None, 1), 1).await.is_err());
+    assert!(send_install_snapshot(tls_channel(&target.1, &ca, None, 1), 1).await.is_err());
     // A certificate for node 2 of region "test", from a CA of the attacker's own.
     let rogue = region.dir.path().join("rogue");
     let made = std::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
@@ -100,7 +128,8 @@ async fn forged_raft_traffic_is_refused_and_the_region_keeps_serving() {
     assert!(made.status.success());
     let rogue_identity = (rogue.join("node-2.pem"), rogue.join("node-2.key"));
     let forged = tls_channel(&target.1, &ca, Some((&rogue_identity.0, &rogue_identity.1)), 1);
-    assert!(send_append_entries(forged, 2).await.is_err());
+    assert!(send_append_entries(forged.clone(), 2).await.is_err());
+    assert!(send_install_snapshot(forged, 2).await.is_err());
 
     // Node 2's real certificate, claiming to be node 3.
     let member = (security.join("node-2.pem"), security.join("node-2.key"));
@@ -108,6 +137,8 @@ async fn forged_raft_traffic_is_refused_and_the_region_keeps_serving() {
     let refused = send_append_entries(as_member.clone(), 3).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("node 2 sent a Raft message as node 3"), "{refused:?}");
+    let refused = send_install_snapshot(as_member.clone(), 3).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let refused = send_vote(as_member, 3).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
@@ -115,9 +146,11 @@ async fn forged_raft_traffic_is_refused_and_the_region_keeps_serving() {
     region.make_node_certificate(9);
     let outsider = (security.join("node-9.pem"), security.join("node-9.key"));
     let as_outsider = tls_channel(&target.1, &ca, Some((&outsider.0, &outsider.1)), 1);
-    let refused = send_vote(as_outsider, 9).await.unwrap_err();
+    let refused = send_vote(as_outsider.clone(), 9).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("node 9 is not a member of group 0"), "{refused:?}");
+    let refused = send_campaign(as_outsider).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
     // Nothing took: the terms are where they were, and the region appends and reads as before.
     assert!(highest_term(&region).await < term_before + 5, "a forged term was taken");
