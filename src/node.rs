@@ -46,6 +46,7 @@ use crate::security::certs::SecurityDir;
 use crate::security::certs::check_region_name;
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
+use crate::services::event_store::ReadLimits;
 use crate::services::routing::Router;
 
 /// Everything one node needs to start.
@@ -98,7 +99,8 @@ impl Default for NodeConfig {
     }
 }
 
-/// What each of the node's gRPC servers takes on at once, and for how long (`[server]` in the config).
+/// What each of the node's gRPC servers takes on at once, for how long, and how its streamed reads are
+/// bounded (`[server]` in the config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerLimits {
@@ -110,6 +112,10 @@ pub struct ServerLimits {
     pub request_timeout_secs: u64,
     /// The longest a streamed response waits for a client that reads nothing before it is ended.
     pub stream_idle_timeout_secs: u64,
+    /// Bytes of events per streamed read message (a message holds at least one event, however large).
+    pub read_page_bytes: usize,
+    /// Reads streaming at once on the node; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_read_streams: usize,
 }
 
 impl Default for ServerLimits {
@@ -119,11 +125,22 @@ impl Default for ServerLimits {
             max_concurrent_requests_per_connection: 256,
             request_timeout_secs: 30,
             stream_idle_timeout_secs: 60,
+            read_page_bytes: 64 * 1024,
+            max_read_streams: 1024,
         }
     }
 }
 
 impl ServerLimits {
+    /// What bounds the event store's streamed reads.
+    pub fn reads(&self) -> ReadLimits {
+        ReadLimits {
+            page_bytes: self.read_page_bytes.max(1),
+            max_streams: self.max_read_streams,
+            idle_timeout: std::time::Duration::from_secs(self.stream_idle_timeout_secs),
+        }
+    }
+
     /// A tonic server builder with these limits.
     fn server(&self) -> tonic::transport::Server {
         tonic::transport::Server::builder()
@@ -146,8 +163,6 @@ pub struct NodeContext {
     pub router: Router,
     /// Reports which services are ready, on `grpc.health.v1`.
     pub health: HealthReporter,
-    /// How long a streamed response waits for a client that reads nothing.
-    pub stream_idle_timeout: std::time::Duration,
 }
 
 /// A part of the node that serves gRPC (the public API, queries, subscriptions, edge serving). Parts
@@ -259,13 +274,8 @@ impl NodeBuilder {
                 .await?;
         let groups = Arc::new(groups);
         let (health, health_service) = tonic_health::server::health_reporter();
-        let context = NodeContext {
-            stream_idle_timeout: std::time::Duration::from_secs(config.server.stream_idle_timeout_secs),
-            router: Router::new(groups.clone(), peers),
-            groups: groups.clone(),
-            health,
-            config,
-        };
+        let context =
+            NodeContext { router: Router::new(groups.clone(), peers), groups: groups.clone(), health, config };
 
         let mut routes = NodeRoutes {
             public: RoutesBuilder::default(),
@@ -373,7 +383,7 @@ pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result
         node.router.clone(),
         store,
         region.clone(),
-        node.stream_idle_timeout,
+        node.config.server.reads(),
     ))
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

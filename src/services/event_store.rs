@@ -3,10 +3,10 @@
 //! served from this node's applied state with `READ_CONSISTENCY_LOCAL`. Every call is authorized against
 //! its caller's token (or came from another node, which authorized it).
 //!
-//! Reads stream pages cut by bytes ([`PAGE_BYTES`]), each read on the blocking pool and sent from an async
-//! task: a slow client holds a task and at most a page or two, never a thread. A client that reads nothing
-//! for the idle timeout gets `DEADLINE_EXCEEDED` and the read ends; at most [`MAX_READ_STREAMS`] reads run
-//! at once, more are refused with `RESOURCE_EXHAUSTED`.
+//! Reads stream pages cut by bytes ([`ReadLimits::page_bytes`]), each read on the blocking pool and sent
+//! from an async task: a slow client holds a task and at most a page or two, never a thread. A client that
+//! reads nothing for the idle timeout gets `DEADLINE_EXCEEDED` and the read ends; at most
+//! [`ReadLimits::max_streams`] reads run at once, more are refused with `RESOURCE_EXHAUSTED`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,11 +43,18 @@ use crate::services::routing::forwarded;
 
 /// Events per streamed read message, at most.
 const EVENTS_PER_MESSAGE: usize = 256;
-/// Bytes of events per streamed read message: a message ends with the event that reaches this (so it holds
-/// at least one event, however large; with the default limits, under 1.2 MiB).
-pub const PAGE_BYTES: usize = 64 * 1024;
-/// Reads streaming at once on a node; more are refused.
-pub const MAX_READ_STREAMS: usize = 1024;
+
+/// How streamed reads are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Bytes of events per message: a message ends with the event that reaches this (so it holds at least
+    /// one event, however large).
+    pub page_bytes: usize,
+    /// Reads streaming at once on the node; more are refused.
+    pub max_streams: usize,
+    /// How long a read waits for a client that reads nothing before it is ended.
+    pub idle_timeout: Duration,
+}
 
 /// A stream of read responses.
 pub type ReadStream = Pin<Box<dyn Stream<Item = Result<v1::ReadResponse, Status>> + Send>>;
@@ -57,16 +64,15 @@ pub struct EventStoreService {
     router: Router,
     store: Arc<LogStore>,
     region: String,
-    stream_idle_timeout: Duration,
+    limits: ReadLimits,
     read_streams: Arc<Semaphore>,
 }
 
 impl EventStoreService {
-    /// The service over this node's groups and log; a streamed read ends when its client reads nothing for
-    /// `stream_idle_timeout`.
-    pub fn new(router: Router, store: Arc<LogStore>, region: String, stream_idle_timeout: Duration) -> Self {
-        let read_streams = Arc::new(Semaphore::new(MAX_READ_STREAMS));
-        EventStoreService { router, store, region, stream_idle_timeout, read_streams }
+    /// The service over this node's groups and log, its reads bounded by `limits`.
+    pub fn new(router: Router, store: Arc<LogStore>, region: String, limits: ReadLimits) -> Self {
+        let read_streams = Arc::new(Semaphore::new(limits.max_streams));
+        EventStoreService { router, store, region, limits, read_streams }
     }
 
     /// Makes a linearizable read of `group` possible here, or says which leader must serve it.
@@ -97,17 +103,17 @@ impl EventStoreService {
             pb::status(
                 Code::ResourceExhausted,
                 "TOO_MANY_READS",
-                format!("this node is serving {MAX_READ_STREAMS} reads already; retry later or elsewhere"),
+                format!("this node is serving {} reads already; retry later or elsewhere", self.limits.max_streams),
             )
         })?;
         let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset().0);
         let (sender, receiver) = mpsc::channel(1);
-        let idle = self.stream_idle_timeout;
+        let (idle, page_bytes) = (self.limits.idle_timeout, self.limits.page_bytes);
         tokio::spawn(async move {
             let mut reader = reader;
             loop {
                 let read = tokio::task::spawn_blocking(move || {
-                    let page = next_page(&mut reader, group);
+                    let page = next_page(&mut reader, group, page_bytes);
                     (reader, page)
                 });
                 let (returned, page) = match read.await {
@@ -132,13 +138,13 @@ impl EventStoreService {
     }
 }
 
-/// The next page of `reader`'s events, and whether it is the last.
-fn next_page<I>(reader: &mut I, group: GroupId) -> Result<(Vec<v1::RecordedEvent>, bool), Status>
+/// The next page of `reader`'s events (up to `page_bytes`), and whether it is the last.
+fn next_page<I>(reader: &mut I, group: GroupId, page_bytes: usize) -> Result<(Vec<v1::RecordedEvent>, bool), Status>
 where
     I: Iterator<Item = fjord_log::Result<RecordedEvent>>,
 {
     let (mut events, mut bytes) = (Vec::new(), 0);
-    while events.len() < EVENTS_PER_MESSAGE && bytes < PAGE_BYTES {
+    while events.len() < EVENTS_PER_MESSAGE && bytes < page_bytes {
         match reader.next() {
             None => return Ok((events, true)),
             Some(Err(error)) => return Err(pb::log_error(error)),
@@ -171,7 +177,7 @@ struct ReadResponses {
     receiver: mpsc::Receiver<Option<Result<v1::ReadResponse, Status>>>,
     ended: bool,
     idle: Duration,
-    /// Holds the read's place among [`MAX_READ_STREAMS`] until the client is done with it.
+    /// Holds the read's place among [`ReadLimits::max_streams`] until the client is done with it.
     _permit: OwnedSemaphorePermit,
 }
 
