@@ -35,5 +35,7 @@ mod power_loss;
 mod region;
 #[path = "suite/segments.rs"]
 mod segments;
+#[path = "suite/storage_faults.rs"]
+mod storage_faults;
 #[path = "suite/trust.rs"]
 mod trust;

@@ -13,6 +13,9 @@ pub enum PlantedBug {
     AckBeforeMajority,
     /// Apply ignores appends' expected revisions.
     SkipExpectedRevision,
+    /// The database replays its write-ahead log to the first bad record and opens without a word (RocksDB's
+    /// point-in-time recovery), and nothing holds what it opened against what was made durable.
+    TrustPointInTimeReplay,
 }
 
 impl PlantedBug {
@@ -22,6 +25,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
             PlantedBug::AckBeforeMajority => "ack-before-majority",
             PlantedBug::SkipExpectedRevision => "skip-expected-revision",
+            PlantedBug::TrustPointInTimeReplay => "trust-point-in-time-replay",
         }
     }
 }

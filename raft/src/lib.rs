@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+pub mod durable_state;
 pub mod error;
 pub mod groups;
 mod keys;

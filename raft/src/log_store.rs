@@ -28,6 +28,8 @@ use rocksdb::WriteOptions;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::codec::io_error;
+use crate::durable_state::DurableMarks;
+use crate::durable_state::RecordedVote;
 use crate::keys;
 use crate::types::Entry;
 use crate::types::GroupId;
@@ -43,11 +45,12 @@ pub struct GroupLogStore {
     db: Arc<DB>,
     group: GroupId,
     syncer: WalSyncer,
+    marks: Arc<DurableMarks>,
 }
 
 impl GroupLogStore {
-    pub(crate) fn new(db: Arc<DB>, group: GroupId, syncer: WalSyncer) -> Self {
-        GroupLogStore { db, group, syncer }
+    pub(crate) fn new(db: Arc<DB>, group: GroupId, syncer: WalSyncer, marks: Arc<DurableMarks>) -> Self {
+        GroupLogStore { db, group, syncer, marks }
     }
 
     /// Runs `work` with the database on the blocking pool.
@@ -120,6 +123,20 @@ fn last_entry(db: &DB, group: GroupId) -> Result<Option<Entry>, StorageError> {
     Ok(entry)
 }
 
+/// What `group`'s Raft log holds, as the durable-state record counts it: its vote, and its last log index
+/// (the last entry's, or the last purged id's).
+pub(crate) fn durable_state_of(db: &DB, group: GroupId) -> Result<(Option<RecordedVote>, Option<u64>), StorageError> {
+    let vote: Option<Vote<NodeId>> = read_meta(db, group, keys::META_VOTE, ErrorSubject::Vote)?;
+    let purged: Option<LogId> = read_meta(db, group, keys::META_PURGED, ErrorSubject::Logs)?;
+    let last = last_entry(db, group)?.map(|entry| entry.log_id).or(purged);
+    Ok((vote.as_ref().map(recorded_vote), last.map(|log_id| log_id.index)))
+}
+
+/// A vote as the durable-state record keeps it.
+pub(crate) fn recorded_vote(vote: &Vote<NodeId>) -> RecordedVote {
+    RecordedVote { term: vote.leader_id().term, committed: vote.is_committed(), node: vote.leader_id().node_id }
+}
+
 fn range_to_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
@@ -163,11 +180,15 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let bytes = encode(vote, ErrorSubject::Vote)?;
+        let (recorded, marks) = (recorded_vote(vote), self.marks.clone());
         self.blocking(move |db, group| {
             let meta = cf(db, keys::CF_RAFT_META)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(meta, keys::meta_key(group, keys::META_VOTE), bytes);
-            db.write_opt(batch, &synced()).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
+            db.write_opt(batch, &synced()).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))?;
+            // Recorded apart once the vote is durable: a database that later comes back with an older vote
+            // is caught at open.
+            marks.record_vote(group, recorded).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
         })
         .await
     }
@@ -186,6 +207,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             let bytes = encode(&entry, ErrorSubject::Log(entry.log_id))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let last_index = encoded.last().map_or(0, |(index, _)| *index);
         // Inline, not on the blocking pool: an unsynced write (memtable and WAL buffer) costs less than the
         // thread handoffs of `spawn_blocking`; the sync, the slow part, is the WAL syncer's.
         let log = cf(&self.db, keys::CF_RAFT_LOG)?;
@@ -197,7 +219,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let written = self.db.write(batch).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write));
         match written {
             Ok(()) => {
-                self.syncer.persisted_after_next_sync(callback);
+                self.syncer.persisted_after_next_sync(self.group, last_index, callback);
                 Ok(())
             }
             Err(error) => {
@@ -208,7 +230,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let marks = self.marks.clone();
         self.blocking(move |db, group| {
+            // The mark comes down first, so the entries removed are never taken for entries lost.
+            marks
+                .lower_log(group, log_id.index.checked_sub(1))
+                .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))?;
             let log = cf(db, keys::CF_RAFT_LOG)?;
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(log, keys::entry_key(group, log_id.index), keys::entry_key(group, u64::MAX));

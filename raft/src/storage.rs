@@ -12,6 +12,8 @@ use fjord_log::sealed::SegmentCatalog;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::durable_state::DurableMarks;
+use crate::durable_state::FoundState;
 use crate::keys::RAFT_COLUMN_FAMILIES;
 use crate::log_store::GroupLogStore;
 use crate::state_machine::GroupStateMachine;
@@ -61,6 +63,23 @@ fn check_or_record_identity(store: &LogStore, identity: &NodeIdentity) -> fjord_
     }
 }
 
+/// The error for a node whose durable state is damaged, with what was found.
+fn damaged(detail: String) -> fjord_log::Error {
+    tracing::error!(%detail, "this node's durable state is damaged: it will not start on it");
+    fjord_log::Error::Corrupt { what: "durable state", detail }
+}
+
+/// What the database holds for each group: its vote and its last log index.
+fn found_state(store: &LogStore) -> fjord_log::Result<std::collections::BTreeMap<GroupId, FoundState>> {
+    (0..store.partitions().len() as GroupId)
+        .map(|group| {
+            let (vote, log_index) = crate::log_store::durable_state_of(store.db(), group)
+                .map_err(|e| fjord_log::Error::Corrupt { what: "raft log", detail: e.to_string() })?;
+            Ok((group, FoundState { vote, log_index }))
+        })
+        .collect()
+}
+
 /// A node's storage: the log store (with the Raft column families), its sealed segments, the snapshot
 /// directory, and the WAL syncer every group's Raft log shares.
 pub struct NodeStorage {
@@ -68,27 +87,51 @@ pub struct NodeStorage {
     segments: Arc<SegmentCatalog>,
     snapshots: PathBuf,
     syncer: WalSyncer,
+    marks: Arc<DurableMarks>,
 }
 
 impl NodeStorage {
     /// Opens (or creates) the storage of node `identity` under `data_dir`: the database in `db/`, sealed
     /// segments in `segments/<partition>/`, snapshots in `snapshots/<group>/`. A data dir is created for one
     /// node of one region, recorded at creation: opened as another (a copied or mistyped dir, which would
-    /// reuse another node's vote and log) it is refused. Blocking.
+    /// reuse another node's vote and log) it is refused. A database that holds less than the node made
+    /// durable (an older vote, a shorter Raft log than its durable-state record says: see
+    /// [`crate::durable_state`]), or whose write-ahead log is corrupt before its tail, is refused too: the
+    /// node must not vote or lead on a history it has forgotten. Blocking.
     pub fn open(
         data_dir: &Path,
         options: &StoreOptions,
         identity: &NodeIdentity,
         seal: SealPolicy,
     ) -> fjord_log::Result<Self> {
-        let store = LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES)?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| fjord_log::Error::System { what: "creating the data dir", detail: e.to_string() })?;
+        let marks = DurableMarks::open(data_dir).map_err(|error| damaged(error.to_string()))?;
+        let store =
+            LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES).map_err(|error| {
+                match error {
+                    fjord_log::Error::Storage(error) if error.kind() == rocksdb::ErrorKind::Corruption => {
+                        damaged(format!("the database is corrupt (a write-ahead log record before its tail?): {error}"))
+                    }
+                    error => error,
+                }
+            })?;
         check_or_record_identity(&store, identity)?;
+        if !fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay) {
+            let found = found_state(&store)?;
+            let damage = marks.state().damage(&found);
+            if !damage.is_empty() {
+                let details: Vec<String> = damage.iter().map(ToString::to_string).collect();
+                return Err(damaged(details.join("; ")));
+            }
+        }
+        let marks = Arc::new(marks);
         let segments = Arc::new(SegmentCatalog::open(&store, &data_dir.join("segments"), &identity.region, seal)?);
-        let syncer = WalSyncer::start(store.db()).map_err(|error| fjord_log::Error::System {
+        let syncer = WalSyncer::start(store.db(), marks.clone()).map_err(|error| fjord_log::Error::System {
             what: "starting the WAL sync thread",
             detail: error.to_string(),
         })?;
-        Ok(NodeStorage { store: Arc::new(store), segments, snapshots: data_dir.join("snapshots"), syncer })
+        Ok(NodeStorage { store: Arc::new(store), segments, snapshots: data_dir.join("snapshots"), syncer, marks })
     }
 
     /// What the WAL syncer has done: syncs made and Raft log appends they made durable.
@@ -120,7 +163,7 @@ impl NodeStorage {
             self.segments.clone(),
             self.snapshots.join(group.to_string()),
         )?;
-        Ok((GroupLogStore::new(db, group, self.syncer.clone()), state_machine))
+        Ok((GroupLogStore::new(db, group, self.syncer.clone(), self.marks.clone()), state_machine))
     }
 }
 

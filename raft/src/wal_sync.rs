@@ -5,7 +5,9 @@
 //! (readable at once) and hands the callback here. One thread per node then syncs the write-ahead log once
 //! for every callback that has arrived meanwhile, from any group, and only then reports those entries
 //! persisted. One fsync thus serves many entries and many groups, and Raft never waits on a sync it does
-//! not need: nothing is reported persisted before a sync that started after its write.
+//! not need: nothing is reported persisted before a sync that started after its write. After a sync the
+//! groups' log marks are raised in the node's [`DurableMarks`] (written now and then, never before an
+//! acknowledgement waits on it).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -17,12 +19,21 @@ use fjord_log::planted::planted;
 use openraft::storage::LogFlushed;
 use rocksdb::DB;
 
+use crate::durable_state::DurableMarks;
+use crate::types::GroupId;
 use crate::types::TypeConfig;
+
+/// Entries of a group written up to a log index, and whom to tell once they are synced.
+struct Pending {
+    group: GroupId,
+    index: u64,
+    callback: LogFlushed<TypeConfig>,
+}
 
 /// The node's WAL syncer. Dropping every handle stops its thread once the callbacks queued are served.
 #[derive(Clone)]
 pub struct WalSyncer {
-    queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+    queue: mpsc::Sender<Pending>,
     stats: Arc<WalSyncStats>,
 }
 
@@ -46,11 +57,12 @@ impl WalSyncStats {
 }
 
 impl WalSyncer {
-    /// Starts the syncer thread for `db`. The thread holds the database weakly, so the database is closed
-    /// by its owners, never by this thread (a RocksDB closed on a detached thread can race process exit).
-    pub(crate) fn start(db: &Arc<DB>) -> std::io::Result<Self> {
+    /// Starts the syncer thread for `db`, raising log marks in `marks`. The thread holds the database
+    /// weakly, so the database is closed by its owners, never by this thread (a RocksDB closed on a detached
+    /// thread can race process exit).
+    pub(crate) fn start(db: &Arc<DB>, marks: Arc<DurableMarks>) -> std::io::Result<Self> {
         let db = Arc::downgrade(db);
-        let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (queue, waiting) = mpsc::channel::<Pending>();
         let stats = Arc::new(WalSyncStats::default());
         let counted = stats.clone();
         std::thread::Builder::new().name("fjord-wal-sync".to_owned()).spawn(move || {
@@ -64,19 +76,27 @@ impl WalSyncer {
                 };
                 counted.syncs.fetch_add(1, Ordering::Relaxed);
                 counted.appends.fetch_add(callbacks.len() as u64, Ordering::Relaxed);
-                for callback in callbacks {
+                let marks_due = synced.is_ok();
+                for pending in callbacks {
+                    if marks_due {
+                        marks.raise_log(pending.group, pending.index);
+                    }
                     let result = synced.clone().map_err(std::io::Error::other);
-                    callback.log_io_completed(result);
+                    pending.callback.log_io_completed(result);
+                }
+                if marks_due && let Err(error) = marks.write_if_due() {
+                    tracing::warn!(%error, "writing the durable-state record; retried after the next sync");
                 }
             }
         })?;
         Ok(WalSyncer { queue, stats })
     }
 
-    /// Reports `callback` persisted after the next WAL sync, which covers every write made before this call.
-    pub(crate) fn persisted_after_next_sync(&self, callback: LogFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(callback)) = self.queue.send(callback) {
-            callback.log_io_completed(Err(std::io::Error::other("the WAL syncer has stopped")));
+    /// Reports `callback` persisted after the next WAL sync, which covers every write made before this call
+    /// (`group`'s entries up to `index` among them).
+    pub(crate) fn persisted_after_next_sync(&self, group: GroupId, index: u64, callback: LogFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(pending)) = self.queue.send(Pending { group, index, callback }) {
+            pending.callback.log_io_completed(Err(std::io::Error::other("the WAL syncer has stopped")));
         }
     }
 

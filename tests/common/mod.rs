@@ -123,6 +123,26 @@ impl TestNode {
         self.child.is_some()
     }
 
+    /// Waits up to `patience` for the node's process to exit by itself (a node that refuses to start); its
+    /// exit status, or `None` if it is still running. Only for nodes on this machine's own processes.
+    pub(crate) fn wait_for_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().expect("the node is not running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// What the node has logged (every run of it).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.spec.log_path()).unwrap_or_default()
+    }
+
     pub(crate) async fn store(&self) -> StoreClient {
         EventStoreClient::new(channel(&self.address, &self.token).await)
     }
