@@ -177,10 +177,10 @@ impl DurableMarks {
         Ok(())
     }
 
-    /// Replaces the whole record (after a repair) and writes it.
-    pub fn reset(&self, state: DurableState) -> std::io::Result<()> {
+    /// Sets `group`'s marks to what its repaired database holds, and writes the record.
+    pub fn repaired(&self, group: GroupId, found: FoundState) -> std::io::Result<()> {
         let mut marks = self.lock();
-        marks.state = state;
+        marks.state.groups.insert(group, GroupMark { vote: found.vote, log_index: found.log_index });
         self.write(&mut marks)
     }
 

@@ -193,6 +193,20 @@ impl Groups {
                 sender
             })
             .collect();
+        let recovering: Vec<GroupId> =
+            storage.recovering().lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect();
+        for group in recovering {
+            let repair = crate::repair::Repair {
+                node,
+                group,
+                raft: rafts[group as usize].clone(),
+                peers: peers.clone(),
+                store: storage.log_store().clone(),
+                marks: storage.marks().clone(),
+                recovering: storage.recovering().clone(),
+            };
+            tokio::spawn(repair.run());
+        }
         let leader_lease = std::time::Duration::from_millis(config.election_timeout_max_ms);
         Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease, sealers })
     }
@@ -200,6 +214,11 @@ impl Groups {
     /// Makes `members` (node id → address) the initial voters of every group that is not initialized yet
     /// (a new region), under this node's cluster id — generated now, and stored, if it has none.
     pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> crate::Result<()> {
+        // A node repairing damaged storage was a member: it rejoins (and learns the cluster id) from its
+        // leaders, and never starts the region anew.
+        if !self.storage.recovering().lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty() {
+            return Ok(());
+        }
         let segments = self.storage.segments().clone();
         let cluster_id = tokio::task::spawn_blocking(move || match segments.cluster_id() {
             Some(known) => Ok(known),
@@ -279,7 +298,7 @@ impl Groups {
 
     /// The Raft transport's server side for this node's groups, to be served to its peers.
     pub fn transport_service(&self) -> crate::network::RaftTransportService {
-        crate::network::RaftTransportService::new(self.rafts.clone())
+        crate::network::RaftTransportService::new(self.rafts.clone(), self.storage.recovering().clone())
     }
 
     /// The partition `stream` lives in.

@@ -21,6 +21,7 @@ mod keys;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+mod repair;
 pub mod snapshot;
 pub mod snapshot_schedule;
 pub mod state_machine;

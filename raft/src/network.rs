@@ -8,6 +8,7 @@
 //! that the node the peer's certificate names is the one the message claims to come from, and (for votes
 //! and campaigns) a member of the group.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use fjord_proto::v1::internal::CampaignRequest;
 use fjord_proto::v1::internal::CampaignResponse;
+use fjord_proto::v1::internal::LeaderLogRequest;
+use fjord_proto::v1::internal::LeaderLogResponse;
 use fjord_proto::v1::internal::RaftMessage;
 use fjord_proto::v1::internal::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransport;
@@ -236,12 +239,26 @@ impl RaftNetwork<TypeConfig> for GroupConnection {
 /// The server side: routes each message to the `Raft` of its group.
 pub struct RaftTransportService {
     groups: Arc<Vec<GroupRaft>>,
+    recovering: Arc<Mutex<BTreeSet<GroupId>>>,
 }
 
 impl RaftTransportService {
-    /// Serves the given groups, indexed by group id.
-    pub fn new(groups: Arc<Vec<GroupRaft>>) -> Self {
-        RaftTransportService { groups }
+    /// Serves the given groups, indexed by group id; the `recovering` ones (damaged storage, not repaired
+    /// yet) refuse to vote.
+    pub fn new(groups: Arc<Vec<GroupRaft>>, recovering: Arc<Mutex<BTreeSet<GroupId>>>) -> Self {
+        RaftTransportService { groups, recovering }
+    }
+
+    /// Refuses a vote in a group this node is repairing: it may have forgotten a vote it cast, or entries
+    /// it helped commit.
+    fn check_not_recovering(&self, group: GroupId) -> Result<(), Status> {
+        let recovering = self.recovering.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&group);
+        if recovering {
+            return Err(Status::unavailable(format!(
+                "group {group} on this node is being repaired from its leader (damaged storage): it does not vote"
+            )));
+        }
+        Ok(())
     }
 
     fn raft(&self, group: GroupId) -> Result<&GroupRaft, Status> {
@@ -313,6 +330,7 @@ impl RaftTransport for RaftTransportService {
         let rpc: VoteRequest<NodeId> = decode(&message)?;
         check_claimed(sender, rpc.vote.leader_id().voted_for())?;
         check_member(raft, message.group, sender)?;
+        self.check_not_recovering(message.group)?;
         reply(message.group, &raft.vote(rpc).await)
     }
 
@@ -336,9 +354,42 @@ impl RaftTransport for RaftTransportService {
         let group = request.into_inner().group;
         let raft = self.raft(group)?;
         check_member(raft, group, sender)?;
+        self.check_not_recovering(group)?;
         raft.trigger().elect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(tonic::Response::new(CampaignResponse {}))
     }
+
+    async fn leader_log(
+        &self,
+        request: tonic::Request<LeaderLogRequest>,
+    ) -> Result<tonic::Response<LeaderLogResponse>, tonic::Status> {
+        sender(&request)?;
+        let group = request.into_inner().group;
+        let metrics = self.raft(group)?.metrics().borrow().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            return Err(Status::failed_precondition(format!("this node does not lead group {group}")));
+        }
+        Ok(tonic::Response::new(LeaderLogResponse {
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+        }))
+    }
+}
+
+/// The last index of the Raft log of `group` on its leader `node` (at `address`), as it answers now.
+pub async fn leader_log_index(
+    peers: &PeerChannels,
+    node: NodeId,
+    address: &str,
+    group: GroupId,
+) -> Result<u64, String> {
+    let mut request = tonic::Request::new(LeaderLogRequest { group });
+    request.set_timeout(Duration::from_secs(2));
+    RaftTransportClient::new(peers.channel(node, address))
+        .leader_log(request)
+        .await
+        .map(|response| response.into_inner().last_log_index)
+        .map_err(|status| format!("node {node} did not say its log: {}", status.message()))
 }
 
 /// Asks `node` (at `address`) to stand for election in `group` now (see [`RaftTransport::campaign`]).

@@ -1,9 +1,11 @@
 //! [`NodeStorage`]: a node's one database holding every partition's log and every group's Raft log, and
 //! the per-group storage openraft drives.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use fjord_log::LogStore;
 use fjord_log::StoreOptions;
@@ -63,14 +65,46 @@ fn check_or_record_identity(store: &LogStore, identity: &NodeIdentity) -> fjord_
     }
 }
 
-/// The error for a node whose durable state is damaged, with what was found.
-fn damaged(detail: String) -> fjord_log::Error {
-    tracing::error!(%detail, "this node's durable state is damaged: it will not start on it");
-    fjord_log::Error::Corrupt { what: "durable state", detail }
+fn open_database(data_dir: &Path, options: &StoreOptions) -> fjord_log::Result<LogStore> {
+    LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES)
+}
+
+/// What a database holds less of than the record says was made durable, if anything.
+fn damage_of(store: &LogStore, marks: &DurableMarks) -> Option<String> {
+    let found = match found_state(store) {
+        Ok(found) => found,
+        Err(error) => return Some(format!("the Raft log cannot be read: {error}")),
+    };
+    let damage = marks.state().damage(&found);
+    (!damage.is_empty()).then(|| damage.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+/// Moves a damaged database, with the segments and snapshots made from it, to `quarantine/<time>/` in the
+/// data dir (kept as evidence, never read again), so the node starts on an empty one.
+fn quarantine(data_dir: &Path, found: &str) -> fjord_log::Result<()> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let aside = data_dir.join("quarantine").join(secs.to_string());
+    tracing::error!(
+        %found,
+        quarantine = %aside.display(),
+        "this node's durable state is damaged: its database is moved aside; the node starts empty and will \
+         neither vote nor campaign until its leaders have repaired it"
+    );
+    let system =
+        |e: std::io::Error| fjord_log::Error::System { what: "quarantining a damaged database", detail: e.to_string() };
+    std::fs::create_dir_all(&aside).map_err(system)?;
+    for part in ["db", "segments", "snapshots"] {
+        let path = data_dir.join(part);
+        if path.exists() {
+            std::fs::rename(&path, aside.join(part)).map_err(system)?;
+        }
+    }
+    std::fs::write(aside.join("FOUND"), format!("{found}\n")).map_err(system)?;
+    std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(system)
 }
 
 /// What the database holds for each group: its vote and its last log index.
-fn found_state(store: &LogStore) -> fjord_log::Result<std::collections::BTreeMap<GroupId, FoundState>> {
+pub(crate) fn found_state(store: &LogStore) -> fjord_log::Result<std::collections::BTreeMap<GroupId, FoundState>> {
     (0..store.partitions().len() as GroupId)
         .map(|group| {
             let (vote, log_index) = crate::log_store::durable_state_of(store.db(), group)
@@ -88,16 +122,21 @@ pub struct NodeStorage {
     snapshots: PathBuf,
     syncer: WalSyncer,
     marks: Arc<DurableMarks>,
+    recovering: Arc<Mutex<BTreeSet<GroupId>>>,
 }
 
 impl NodeStorage {
     /// Opens (or creates) the storage of node `identity` under `data_dir`: the database in `db/`, sealed
     /// segments in `segments/<partition>/`, snapshots in `snapshots/<group>/`. A data dir is created for one
     /// node of one region, recorded at creation: opened as another (a copied or mistyped dir, which would
-    /// reuse another node's vote and log) it is refused. A database that holds less than the node made
-    /// durable (an older vote, a shorter Raft log than its durable-state record says: see
-    /// [`crate::durable_state`]), or whose write-ahead log is corrupt before its tail, is refused too: the
-    /// node must not vote or lead on a history it has forgotten. Blocking.
+    /// reuse another node's vote and log) it is refused.
+    ///
+    /// A database that holds less than the node made durable (an older vote, a shorter Raft log than its
+    /// durable-state record says: see [`crate::durable_state`]), or that RocksDB finds corrupt, is damaged:
+    /// it is moved aside to `quarantine/<time>/` and the node starts on an empty one, its groups
+    /// [`NodeStorage::recovering`] until they are repaired from their leaders (see `crate::repair`). A
+    /// durable-state record that fails its checksum is an error: nothing could say what was made durable.
+    /// Blocking.
     pub fn open(
         data_dir: &Path,
         options: &StoreOptions,
@@ -106,32 +145,57 @@ impl NodeStorage {
     ) -> fjord_log::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| fjord_log::Error::System { what: "creating the data dir", detail: e.to_string() })?;
-        let marks = DurableMarks::open(data_dir).map_err(|error| damaged(error.to_string()))?;
-        let store =
-            LogStore::open_with_families(data_dir.join("db"), options, &RAFT_COLUMN_FAMILIES).map_err(|error| {
-                match error {
-                    fjord_log::Error::Storage(error) if error.kind() == rocksdb::ErrorKind::Corruption => {
-                        damaged(format!("the database is corrupt (a write-ahead log record before its tail?): {error}"))
-                    }
-                    error => error,
+        let marks = DurableMarks::open(data_dir).map_err(|error| {
+            tracing::error!(%error, "the durable-state record is damaged: this node will not start");
+            fjord_log::Error::Corrupt { what: "durable-state record", detail: error.to_string() }
+        })?;
+        let trusting = fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay);
+        let store = match open_database(data_dir, options) {
+            Ok(store) => match damage_of(&store, &marks) {
+                Some(damage) if !trusting => {
+                    drop(store);
+                    quarantine(data_dir, &damage)?;
+                    open_database(data_dir, options)?
                 }
-            })?;
-        check_or_record_identity(&store, identity)?;
-        if !fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay) {
-            let found = found_state(&store)?;
-            let damage = marks.state().damage(&found);
-            if !damage.is_empty() {
-                let details: Vec<String> = damage.iter().map(ToString::to_string).collect();
-                return Err(damaged(details.join("; ")));
+                _ => store,
+            },
+            Err(fjord_log::Error::Storage(error)) if error.kind() == rocksdb::ErrorKind::Corruption => {
+                quarantine(data_dir, &format!("RocksDB found the database corrupt: {error}"))?;
+                open_database(data_dir, options)?
             }
-        }
+            Err(error) => return Err(error),
+        };
+        check_or_record_identity(&store, identity)?;
+        let found = found_state(&store)?;
+        let recovering: BTreeSet<GroupId> = if trusting {
+            BTreeSet::new()
+        } else {
+            marks.state().damage(&found).iter().map(|damage| damage.group).collect()
+        };
         let marks = Arc::new(marks);
         let segments = Arc::new(SegmentCatalog::open(&store, &data_dir.join("segments"), &identity.region, seal)?);
         let syncer = WalSyncer::start(store.db(), marks.clone()).map_err(|error| fjord_log::Error::System {
             what: "starting the WAL sync thread",
             detail: error.to_string(),
         })?;
-        Ok(NodeStorage { store: Arc::new(store), segments, snapshots: data_dir.join("snapshots"), syncer, marks })
+        Ok(NodeStorage {
+            store: Arc::new(store),
+            segments,
+            snapshots: data_dir.join("snapshots"),
+            syncer,
+            marks,
+            recovering: Arc::new(Mutex::new(recovering)),
+        })
+    }
+
+    /// The groups whose storage was damaged and is not repaired yet: they must not vote or campaign.
+    pub fn recovering(&self) -> &Arc<Mutex<BTreeSet<GroupId>>> {
+        &self.recovering
+    }
+
+    /// The node's durable-state record.
+    pub fn marks(&self) -> &Arc<DurableMarks> {
+        &self.marks
     }
 
     /// What the WAL syncer has done: syncs made and Raft log appends they made durable.

@@ -11,7 +11,10 @@
 //!   and the node restarted, as an operator would;
 //! - a network partition that cuts one node off from the others (clients still reach it);
 //! - a partition that splits the region 2|1 with a partition's leader alone on the minority side;
-//! - a flaky link: a node's connections to its peers reset now and then.
+//! - a flaky link: a node's connections to its peers reset now and then;
+//! - a corrupt disk: a node is killed, a byte of its write-ahead log flipped or a 4 KiB page of it zeroed,
+//!   and the node restarted; it must find the damage and be repaired from its leader before the next fault
+//!   (a byte in the WAL's unsynced tail is a torn tail, harmless by design).
 //!
 //! Power loss and full disks need a region on lazy filesystems, the network faults one on hosts of its own
 //! (`RegionOptions`, [`super::hosts`]).
@@ -33,12 +36,22 @@ pub(crate) enum Fault {
     IsolateNode,
     IsolateLeader,
     FlakyLink,
+    CorruptWal,
+}
+
+/// How a corrupt disk damages a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// One bit pattern flipped in one byte (bit rot).
+    FlipByte,
+    /// A 4 KiB page zeroed (a lost or misdirected write).
+    ZeroPage,
 }
 
 impl Fault {
     /// Every fault; those needing lazy filesystems only where the region has them.
     pub(crate) fn all(region: &TestRegion) -> Vec<Fault> {
-        let mut faults = vec![Fault::KillLeader, Fault::PauseLeader];
+        let mut faults = vec![Fault::KillLeader, Fault::PauseLeader, Fault::CorruptWal];
         if !region.disks.is_empty() {
             faults.extend([Fault::PowerLoss, Fault::FullDisk]);
         }
@@ -112,6 +125,33 @@ pub(crate) async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut
                 region.node(follower).restart();
             });
         }
+        Fault::CorruptWal => {
+            let victim = region.nodes[schedule.next(region.nodes.len() as u64) as usize].id;
+            let damage = if schedule.next(2) == 0 { Damage::FlipByte } else { Damage::ZeroPage };
+            let fraction = schedule.next(1000);
+            let (damaged_before, repaired_before) = damage_counts(&region.node(victim).log());
+            blocking(|| {
+                region.node(victim).kill();
+                let data_dir = region.node(victim).data_dir().to_owned();
+                if let Some(wal) = largest_wal(&data_dir) {
+                    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    corrupt(&wal, len * fraction / 1000, damage).unwrap();
+                }
+            });
+            tokio::time::sleep(outage).await;
+            blocking(|| region.node(victim).restart());
+            // A node that found damage is repaired before the next fault, or the run fails here.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (damaged, repaired) = damage_counts(&region.node(victim).log());
+                if damaged == damaged_before || repaired > repaired_before {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "node {victim} found damage and was not repaired");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         Fault::IsolateNode | Fault::IsolateLeader | Fault::FlakyLink => {
             let network = region.network.clone().expect("network faults need a region on hosts of its own");
             let id = match fault {
@@ -125,6 +165,48 @@ pub(crate) async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut
         }
     }
     region.wait_for_leaders().await;
+}
+
+/// The largest write-ahead log file of the node whose data dir is `data_dir`, if it has one.
+pub(crate) fn largest_wal(data_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(data_dir.join("db"))
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .max_by_key(|path| std::fs::metadata(path).map_or(0, |m| m.len()))
+}
+
+/// Damages `file` at byte `at` (clamped to the file), and syncs it.
+pub(crate) fn corrupt(file: &std::path::Path, at: u64, damage: Damage) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::io::Seek;
+    use std::io::Write;
+    let mut handle = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let len = handle.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let at = at.min(len - 1);
+    match damage {
+        Damage::FlipByte => {
+            let mut byte = [0u8];
+            handle.seek(std::io::SeekFrom::Start(at))?;
+            handle.read_exact(&mut byte)?;
+            handle.seek(std::io::SeekFrom::Start(at))?;
+            handle.write_all(&[byte[0] ^ 0x5A])?;
+        }
+        Damage::ZeroPage => {
+            let page = at / 4096 * 4096;
+            handle.seek(std::io::SeekFrom::Start(page))?;
+            handle.write_all(&vec![0u8; (len - page).min(4096) as usize])?;
+        }
+    }
+    handle.sync_all()
+}
+
+/// How many times a node's log says it found its durable state damaged, and was repaired.
+pub(crate) fn damage_counts(log: &str) -> (usize, usize) {
+    (log.matches("durable state is damaged").count(), log.matches("repaired from the leader").count())
 }
 
 /// Runs `work` — processes started, killed or signalled, `docker` or `nft` run — off the async workers, so
@@ -185,8 +267,14 @@ pub(crate) async fn judge(region: &TestRegion, history: &History, faults: &BTree
     let injected = faults.iter().map(|(fault, n)| format!("{n} {fault:?}")).collect::<Vec<_>>().join(", ");
     let dropped: u64 = region.disks.values().map(|disk| disk.stats().bytes_dropped).sum();
     let hosts = region.network.as_ref().map_or("processes on loopback", |hosts| hosts.kind());
+    let (detected, repaired) = region
+        .nodes
+        .iter()
+        .map(|node| damage_counts(&node.log()))
+        .fold((0, 0), |(d, r), (node_d, node_r)| (d + node_d, r + node_r));
     let mut summary = format!(
         "faults: {cycles} cycles (seed {seed}) on {hosts}: {injected}; unsynced bytes lost to power losses: {dropped}; \
+         corruptions detected {detected}, repaired {repaired}; \
          appends: {acknowledged} acknowledged, {failed} failed, {unknown} unknown; {} linearizable reads; \
          {} violations",
         history.reads(),

@@ -1,7 +1,8 @@
 //! Storage faults, as an operator's bad disk makes them: a byte flipped in the middle of a node's
 //! write-ahead log. The node must not come back having forgotten what it made durable (its vote, its Raft
-//! log): it refuses to start and says why. With the planted bug that trusts RocksDB's point-in-time replay
-//! (as Fjord did), the same node starts silently on a shorter log.
+//! log): it says so, moves the damaged database aside, and is repaired from its leader before it votes
+//! again. With the planted bug that trusts RocksDB's point-in-time replay (as Fjord did), the same node
+//! starts silently on a shorter log.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,20 +12,14 @@ use fjord_proto::v1;
 use crate::common::RegionOptions;
 use crate::common::TestRegion;
 use crate::common::append;
+use crate::common::nemesis;
 
 /// Flips one byte a third of the way into the largest write-ahead log file under `data_dir`.
 fn flip_a_byte_in_the_wal(data_dir: &Path) {
-    let wal = std::fs::read_dir(data_dir.join("db"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
-        .expect("a write-ahead log file");
-    let mut bytes = std::fs::read(&wal).unwrap();
-    assert!(bytes.len() > 10_000, "the WAL holds the appends: {} bytes", bytes.len());
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x5A;
-    std::fs::write(&wal, bytes).unwrap();
+    let wal = nemesis::largest_wal(data_dir).expect("a write-ahead log file");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    assert!(len > 10_000, "the WAL holds the appends: {len} bytes");
+    nemesis::corrupt(&wal, len / 3, nemesis::Damage::FlipByte).unwrap();
 }
 
 /// Appends before the follower is killed: fewer than the tests' snapshot interval (50 entries), so the whole
@@ -49,19 +44,34 @@ async fn a_follower_killed_after_appends(options: &RegionOptions) -> (TestRegion
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_wal_is_corrupt_mid_log_refuses_to_start_and_says_why() {
-    let (mut region, follower, _) = a_follower_killed_after_appends(&RegionOptions::default()).await;
-    flip_a_byte_in_the_wal(region.node(follower).data_dir());
+async fn a_node_whose_wal_is_corrupt_mid_log_says_so_and_is_repaired_from_its_leader() {
+    let (mut region, follower, log_index) = a_follower_killed_after_appends(&RegionOptions::default()).await;
+    let data_dir = region.node(follower).data_dir().to_owned();
+    flip_a_byte_in_the_wal(&data_dir);
     region.node(follower).restart();
-    let status = region.node(follower).wait_for_exit(Duration::from_secs(30)).expect("the damaged node kept running");
-    assert!(!status.success());
+
+    // It says what it found, keeps the damaged database as evidence, and is repaired before it votes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !region.node(follower).log().contains("repaired from the leader") {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> =
+                region.nodes.iter().map(|node| format!("== node {}\n{}", node.id, node.log())).collect();
+            panic!("not repaired: {}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = region.node(follower).log();
     assert!(log.contains("durable state is damaged"), "{log}");
+    let quarantined = std::fs::read_dir(data_dir.join("quarantine")).unwrap().count();
+    assert_eq!(quarantined, 1, "the damaged database is kept aside");
 
-    // The other two go on serving.
+    // The repaired node holds everything again, and the region goes on.
     let leader = region.leaders().await.unwrap()[&0];
     let mut client = region.node(leader).store().await;
     client.append(append("after", None, &[1000])).await.unwrap();
+    region.assert_replicas_identical().await;
+    let status = region.node(follower).cluster().await.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.partitions[0].last_log_index > log_index, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
