@@ -204,7 +204,8 @@ pub(crate) fn corrupt(file: &std::path::Path, at: u64, damage: Damage) -> std::i
     handle.sync_all()
 }
 
-/// How many times a node's log says it found its durable state damaged, and was repaired.
+/// How many times a node's log says it found its durable state damaged, and how many of its groups were
+/// repaired since.
 pub(crate) fn damage_counts(log: &str) -> (usize, usize) {
     (log.matches("durable state is damaged").count(), log.matches("repaired from the leader").count())
 }
@@ -274,7 +275,7 @@ pub(crate) async fn judge(region: &TestRegion, history: &History, faults: &BTree
         .fold((0, 0), |(d, r), (node_d, node_r)| (d + node_d, r + node_r));
     let mut summary = format!(
         "faults: {cycles} cycles (seed {seed}) on {hosts}: {injected}; unsynced bytes lost to power losses: {dropped}; \
-         corruptions detected {detected}, repaired {repaired}; \
+         damaged storage found {detected} times, groups repaired {repaired}; \
          appends: {acknowledged} acknowledged, {failed} failed, {unknown} unknown; {} linearizable reads; \
          {} violations",
         history.reads(),
