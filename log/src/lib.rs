@@ -59,6 +59,7 @@ pub use partitioner::partition_of;
 pub use read::Direction;
 pub use store::LogStore;
 pub use store::StoreOptions;
+pub use store::WalRecovery;
 pub use tail::AppliedTail;
 pub use tail::Epoch;
 pub use tail::TailChange;

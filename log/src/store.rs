@@ -54,11 +54,22 @@ impl LogStore {
     }
 
     /// Opens (or creates) the store with extra column families owned by a layer above (the Raft log and its
-    /// metadata live in the node's one database, so one WAL fsync covers both).
+    /// metadata live in the node's one database, so one WAL fsync covers both). A write-ahead log corrupt
+    /// anywhere but a torn tail fails the open ([`WalRecovery::StopAtCorruption`]).
     pub fn open_with_families(
         path: impl AsRef<Path>,
         options: &StoreOptions,
         extra_families: &[&'static str],
+    ) -> Result<Self> {
+        Self::open_recovering(path, options, extra_families, WalRecovery::StopAtCorruption)
+    }
+
+    /// Like [`LogStore::open_with_families`], replaying the write-ahead log as `recovery` says.
+    pub fn open_recovering(
+        path: impl AsRef<Path>,
+        options: &StoreOptions,
+        extra_families: &[&'static str],
+        recovery: WalRecovery,
     ) -> Result<Self> {
         if let Some(clash) = extra_families.iter().find(|name| keys::ALL_CFS.contains(name)) {
             return Err(Error::Config(format!("column family {clash} belongs to the log store")));
@@ -67,7 +78,8 @@ impl LogStore {
             return Err(Error::Config("partitions must be at least 1".to_owned()));
         }
         let path = path.as_ref();
-        let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, column_families(options, extra_families))?);
+        let db =
+            Arc::new(DB::open_cf_descriptors(&db_options(recovery), path, column_families(options, extra_families))?);
         check_or_record_meta(&db, options.partitions)?;
         let (epochs, epoch) = EpochCounter::open(&db)?;
         let epochs = Arc::new(epochs);
@@ -116,7 +128,18 @@ impl LogStore {
     }
 }
 
-fn db_options() -> Options {
+/// How the write-ahead log is replayed when the store opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalRecovery {
+    /// A torn tail (writes never synced) is dropped; a bad record before it fails the open.
+    StopAtCorruption,
+    /// Replay stops at the first bad record, wherever it is, and drops everything after it without a word:
+    /// only for a caller that then checks what survived against what was made durable (a torn tail that
+    /// RocksDB took for corruption), never alone.
+    PointInTime,
+}
+
+fn db_options(recovery: WalRecovery) -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
@@ -125,7 +148,9 @@ fn db_options() -> Options {
     // is tolerated. A bad record anywhere before it is corruption and the open fails, where point-in-time
     // replay would stop there and silently drop every synced write after it (votes and acknowledged
     // entries among them).
-    let mode = if crate::planted::planted(crate::planted::PlantedBug::TrustPointInTimeReplay) {
+    let mode = if recovery == WalRecovery::PointInTime
+        || crate::planted::planted(crate::planted::PlantedBug::TrustPointInTimeReplay)
+    {
         DBRecoveryMode::PointInTime
     } else {
         DBRecoveryMode::TolerateCorruptedTailRecords

@@ -160,8 +160,26 @@ impl NodeStorage {
                 _ => store,
             },
             Err(fjord_log::Error::Storage(error)) if error.kind() == rocksdb::ErrorKind::Corruption => {
-                quarantine(data_dir, &format!("RocksDB found the database corrupt: {error}"))?;
-                open_database(data_dir, options)?
+                // A torn tail RocksDB took for corruption, or synced writes lost? Replayed to the first bad
+                // record, the database either still holds all the record says was made durable (only
+                // unacknowledged writes were dropped) or it does not.
+                let salvaged = LogStore::open_recovering(
+                    data_dir.join("db"),
+                    options,
+                    &RAFT_COLUMN_FAMILIES,
+                    fjord_log::WalRecovery::PointInTime,
+                );
+                match salvaged {
+                    Ok(store) if damage_of(&store, &marks).is_none() => {
+                        tracing::warn!(%error, "the write-ahead log's tail was torn; replayed up to it, nothing durable lost");
+                        store
+                    }
+                    salvaged => {
+                        drop(salvaged);
+                        quarantine(data_dir, &format!("RocksDB found the database corrupt: {error}"))?;
+                        open_database(data_dir, options)?
+                    }
+                }
             }
             Err(error) => return Err(error),
         };

@@ -66,7 +66,18 @@ impl WalSyncer {
         let stats = Arc::new(WalSyncStats::default());
         let counted = stats.clone();
         std::thread::Builder::new().name("fjord-wal-sync".to_owned()).spawn(move || {
-            while let Ok(first) = waiting.recv() {
+            loop {
+                // Idle, marks raised by the last syncs are written after the interval all the same.
+                let first = match waiting.recv_timeout(crate::durable_state::LOG_MARK_INTERVAL) {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(error) = marks.write_if_due() {
+                            tracing::warn!(%error, "writing the durable-state record; retried later");
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 let mut callbacks = vec![first];
                 callbacks.extend(waiting.try_iter());
                 let synced = match db.upgrade() {

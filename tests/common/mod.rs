@@ -304,7 +304,16 @@ impl TestRegion {
     /// Waits until every partition has a leader that a running node agrees on.
     pub(crate) async fn wait_for_leaders(&self) {
         if let Err(error) = launcher::wait_for_leaders(&self.running(), self.partitions, &self.token).await {
-            panic!("{error}; see {}", self.dir.path().display());
+            let tails: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| {
+                    let log = node.log();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    format!("== node {} (last lines, newest first)\n{}", node.id, tail.join("\n"))
+                })
+                .collect();
+            panic!("{error}; see {}\n{}", self.dir.path().display(), tails.join("\n"));
         }
     }
 
