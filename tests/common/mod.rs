@@ -35,9 +35,9 @@ pub(crate) use fjord_bench::launcher::free_ports;
 /// An `EventStore` client of a test region, presenting its admin token.
 pub(crate) type StoreClient = EventStoreClient<NodeChannel>;
 
-/// The fault tests (`faults`, `planted_bugs`, `power_loss`) take turns: each drives a region hard (power
-/// losses, planted bugs, a seeded schedule of faults), and two at once would starve each other on a small
-/// machine. (As separate test binaries they never overlapped; in one binary the lock keeps it so.)
+/// The fault tests (`faults`, `planted_bugs`, `power_loss`) and the overload test take turns: each drives a
+/// region hard (power losses, planted bugs, a seeded schedule of faults, thousands of streams), and two at
+/// once would starve each other on a small machine. (As separate test binaries they never overlapped; in one binary the lock keeps it so.)
 pub(crate) static FAULT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One node process and how to restart it.

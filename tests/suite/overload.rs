@@ -7,6 +7,7 @@ use std::time::Instant;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_client::EventStoreClient;
 
+use crate::common::FAULT_TESTS;
 use crate::common::RegionOptions;
 use crate::common::TestRegion;
 use crate::common::append;
@@ -24,6 +25,8 @@ const MAX_READS: usize = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_no_threads_and_the_node_keeps_appending_and_electing() {
+    // 2,000 streams load the machine as hard as a fault run: they take turns with the fault tests.
+    let _turn = FAULT_TESTS.lock().await;
     let options = RegionOptions {
         extra_config: format!("[server]\nstream_idle_timeout_secs = {IDLE_SECS}\nmax_read_streams = {MAX_READS}\n"),
         ..RegionOptions::default()
