@@ -149,9 +149,9 @@ impl DurableMarks {
     /// it removes are never counted as lost.
     pub fn lower_log(&self, group: GroupId, index: Option<u64>) -> std::io::Result<()> {
         let mut marks = self.lock();
-        let mark = &mut marks.state.groups.entry(group).or_default().log_index;
-        if *mark > index {
-            *mark = index;
+        let Some(mark) = marks.state.groups.get_mut(&group) else { return Ok(()) };
+        if mark.log_index > index {
+            mark.log_index = index;
             return self.write(&mut marks);
         }
         Ok(())
