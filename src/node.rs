@@ -318,6 +318,10 @@ impl NodeBuilder {
             tokio::spawn(
                 limits
                     .server()
+                    // Raft cancels an RPC that outlives its 100 ms timeout, each cancel a stream reset: h2's
+                    // guard against rapid-reset floods (20 pending) would close a busy peer's connection and
+                    // stall replication. Peers here are authenticated nodes, not anonymous clients.
+                    .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
                     .tls_config(internal_tls)?
                     .add_routes(routes.internal.routes())
                     .serve_with_incoming_shutdown(incoming(internal), stop_when(stopped)),
@@ -333,6 +337,9 @@ impl NodeBuilder {
         Ok(Node { address, internal_address, groups, stop, servers })
     }
 }
+
+/// Stream resets pending accept that a peer's connection may have before h2 closes it (h2's default: 20).
+const PEER_PENDING_RESETS: usize = 4096;
 
 fn name_of<S: NamedService>(_service: &S) -> &'static str {
     S::NAME
