@@ -157,14 +157,16 @@ impl DurableMarks {
         Ok(())
     }
 
-    /// Raises `group`'s log mark to `index` (entries synced up to it), in memory: written by
+    /// Raises each group's log mark to its index (entries synced up to it), in memory: written by
     /// [`DurableMarks::write_if_due`].
-    pub fn raise_log(&self, group: GroupId, index: u64) {
+    pub fn raise_logs(&self, synced_up_to: impl IntoIterator<Item = (GroupId, u64)>) {
         let mut marks = self.lock();
-        let mark = &mut marks.state.groups.entry(group).or_default().log_index;
-        if *mark < Some(index) {
-            *mark = Some(index);
-            marks.dirty = true;
+        for (group, index) in synced_up_to {
+            let mark = &mut marks.state.groups.entry(group).or_default().log_index;
+            if *mark < Some(index) {
+                *mark = Some(index);
+                marks.dirty = true;
+            }
         }
     }
 
@@ -237,7 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marks = DurableMarks::open(dir.path()).unwrap();
         marks.record_vote(0, RecordedVote { term: 3, committed: true, node: 2 }).unwrap();
-        marks.raise_log(0, 40);
+        marks.raise_logs([(0, 30), (0, 40)]);
         std::thread::sleep(LOG_MARK_INTERVAL);
         marks.write_if_due().unwrap();
         marks.lower_log(1, Some(5)).unwrap();

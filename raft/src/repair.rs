@@ -18,10 +18,11 @@ use std::time::Duration;
 use fjord_log::LogStore;
 
 use crate::durable_state::DurableMarks;
+use crate::durable_state::FoundState;
+use crate::log_store::durable_state_of;
 use crate::network::GroupRaft;
 use crate::network::PeerChannels;
 use crate::network::leader_log_index;
-use crate::storage::found_state;
 use crate::types::GroupId;
 use crate::types::NodeId;
 
@@ -68,20 +69,17 @@ impl Repair {
             if metrics.last_log_index.unwrap_or(0) < target_index {
                 continue;
             }
-            let store = self.store.clone();
-            let found = match tokio::task::spawn_blocking(move || found_state(&store)).await {
-                Ok(Ok(found)) => found,
+            let (db, group) = (self.store.db().clone(), self.group);
+            let state = match tokio::task::spawn_blocking(move || durable_state_of(&db, group)).await {
+                Ok(Ok((vote, log_index))) => FoundState { vote, log_index },
                 _ => continue,
             };
-            if !self.marks.state().damage(&found).iter().all(|damage| damage.group != self.group) {
-                // The log has caught up but the vote is older than one it had cast: wait for a newer term.
-                let recorded = self.marks.state().groups.get(&self.group).and_then(|mark| mark.vote);
-                let votes_ok = found.get(&self.group).is_some_and(|state| state.vote >= recorded);
-                if !votes_ok {
-                    continue;
-                }
+            // The log has caught up; a vote older than one it had cast waits for a newer term. (The log
+            // may end below the recorded mark: entries the new leader never had were not committed.)
+            let recorded_vote = self.marks.state().groups.get(&self.group).and_then(|mark| mark.vote);
+            if state.vote < recorded_vote {
+                continue;
             }
-            let Some(state) = found.get(&self.group).copied() else { continue };
             if let Err(error) = self.marks.repaired(self.group, state) {
                 tracing::warn!(group = self.group, %error, "repairing: recording the repair failed; retrying");
                 continue;

@@ -104,7 +104,7 @@ fn quarantine(data_dir: &Path, found: &str) -> fjord_log::Result<()> {
 }
 
 /// What the database holds for each group: its vote and its last log index.
-pub(crate) fn found_state(store: &LogStore) -> fjord_log::Result<std::collections::BTreeMap<GroupId, FoundState>> {
+fn found_state(store: &LogStore) -> fjord_log::Result<std::collections::BTreeMap<GroupId, FoundState>> {
     (0..store.partitions().len() as GroupId)
         .map(|group| {
             let (vote, log_index) = crate::log_store::durable_state_of(store.db(), group)

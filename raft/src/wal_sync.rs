@@ -90,12 +90,15 @@ impl WalSyncer {
                 // The planted bug raises no marks either: it is there to prove the history checker catches
                 // lost acknowledged entries, which the marks would otherwise catch first, at open.
                 let marks_due = synced.is_ok() && !planted(PlantedBug::AckBeforeFsync);
+                let mut synced_up_to = Vec::with_capacity(callbacks.len());
+                // Acknowledgements first: the marks may trail the log, and are raised once per sync.
                 for pending in callbacks {
-                    if marks_due {
-                        marks.raise_log(pending.group, pending.index);
-                    }
+                    synced_up_to.push((pending.group, pending.index));
                     let result = synced.clone().map_err(std::io::Error::other);
                     pending.callback.log_io_completed(result);
+                }
+                if marks_due {
+                    marks.raise_logs(synced_up_to);
                 }
                 if marks_due && let Err(error) = marks.write_if_due() {
                     tracing::warn!(%error, "writing the durable-state record; retried after the next sync");
