@@ -55,7 +55,10 @@ pub(crate) fn verify_record_crc(bytes: &[u8]) -> Result<&[u8]> {
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let computed = crc32c::crc32c(body);
     if stored != computed {
-        return Err(Error::corrupt("record", format!("crc32c is {computed:#010x}, stored {stored:#010x}")));
+        return Err(Error::Checksum {
+            what: "record",
+            detail: format!("crc32c is {computed:#010x}, stored {stored:#010x}"),
+        });
     }
     Ok(body)
 }

@@ -25,6 +25,9 @@ use crate::tail::EpochCounter;
 /// The store layout version this code reads and writes (log/FORMAT.md).
 pub const STORE_FORMAT_VERSION: u32 = 2;
 
+/// The smallest memtable a store takes (RocksDB's own floor).
+pub const MIN_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// How to open a store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,11 +36,21 @@ pub struct StoreOptions {
     pub partitions: u32,
     /// RocksDB block cache size in bytes.
     pub block_cache_bytes: usize,
+    /// Bytes a column family's memtable takes before it is flushed to a table file.
+    pub write_buffer_bytes: usize,
+    /// Whether a node reads everything it stores once when it opens, checking every checksum, so damage
+    /// is found before it votes (one sequential read of the data dir at each start).
+    pub verify_on_open: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { partitions: 4, block_cache_bytes: 256 * 1024 * 1024 }
+        StoreOptions {
+            partitions: 4,
+            block_cache_bytes: 256 * 1024 * 1024,
+            write_buffer_bytes: 64 * 1024 * 1024,
+            verify_on_open: true,
+        }
     }
 }
 
@@ -76,6 +89,9 @@ impl LogStore {
         }
         if options.partitions == 0 {
             return Err(Error::Config("partitions must be at least 1".to_owned()));
+        }
+        if options.write_buffer_bytes < MIN_WRITE_BUFFER_BYTES {
+            return Err(Error::Config(format!("write_buffer_bytes must be at least {MIN_WRITE_BUFFER_BYTES}")));
         }
         let path = path.as_ref();
         let db =
@@ -120,6 +136,30 @@ impl LogStore {
     /// [`LogStore::open_with_families`]). Never write to the log's own column families through it.
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// Has RocksDB read every live table file whole and check every block's checksum (data, index, filter
+    /// and meta blocks alike: its `VerifyChecksum`), so damage anywhere in the database's files is found now
+    /// rather than by a later read or compaction. Damage is [`Error::Corrupt`]; any other failure of the
+    /// read, [`Error::System`]. Blocking: one read of the whole database.
+    pub fn verify_checksums(&self) -> Result<()> {
+        use rocksdb::AsRawPtr;
+        let mut message: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: the database outlives the call, and `message` is the C API's out-parameter for an error,
+        // which it allocates; it is read and freed below and never used again.
+        unsafe { librocksdb_sys::rocksdb_verify_checksum(self.db.as_raw_ptr(), &mut message) };
+        if message.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null `message` is a NUL-terminated string the C API allocated for us to free.
+        let detail = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy().into_owned();
+        // SAFETY: as above; freed once.
+        unsafe { librocksdb_sys::rocksdb_free(message.cast()) };
+        if detail.starts_with("Corruption") {
+            Err(Error::corrupt("database", detail))
+        } else {
+            Err(Error::System { what: "verifying the database's checksums", detail })
+        }
     }
 
     /// Forces the write-ahead log to disk (for callers that wrote without sync).
@@ -175,6 +215,7 @@ fn column_families(options: &StoreOptions, extra_families: &[&'static str]) -> V
             }
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&block);
+            cf.set_write_buffer_size(options.write_buffer_bytes);
             cf.set_compression_type(DBCompressionType::Lz4);
             cf.set_bottommost_compression_type(DBCompressionType::Zstd);
             ColumnFamilyDescriptor::new(name, cf)

@@ -52,7 +52,8 @@ pub struct GroupStatus {
     pub leader: Option<NodeId>,
     /// This node's current term.
     pub term: u64,
-    /// This node's role in the group: leader, follower, candidate, learner or shutdown.
+    /// This node's role in the group: leader, follower, candidate, learner or shutdown — or repairing: its
+    /// storage was damaged, and it neither votes nor campaigns until its leader has repaired it.
     pub role: &'static str,
     /// The index of the last entry in this node's Raft log.
     pub last_log_index: u64,
@@ -252,6 +253,11 @@ impl Groups {
         &self.limits
     }
 
+    /// Where damage found in this node's stored data is reported.
+    pub fn damage(&self) -> &Arc<crate::damage::DamageReports> {
+        self.storage.damage()
+    }
+
     /// The node's partition logs.
     pub fn log_store(&self) -> &Arc<fjord_log::LogStore> {
         self.storage.log_store()
@@ -263,11 +269,14 @@ impl Groups {
         let unavailable = |error: fjord_log::Error| GroupError::Unavailable { group, detail: error.to_string() };
         let applied = self.storage.log_store().partition(group).map_err(unavailable)?.applied_tail();
         let last_sealed = self.storage.segments().sealed(group).map_err(unavailable)?.last().copied();
+        let repairing =
+            self.storage.recovering().lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&group);
         Ok(GroupStatus {
             group,
             leader: metrics.current_leader,
             term: metrics.current_term,
             role: match metrics.state {
+                _ if repairing => "repairing",
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",

@@ -5,7 +5,9 @@
 //!   [`fjord_log::PartitionLog::prepare`], with the applied id in the same atomic write;
 //! - [`snapshot`]: snapshots as files of chained, checksummed segments that stream in chunks;
 //! - [`snapshot_schedule`]: when a group snapshots (amortized: the partition doubles between snapshots);
-//! - [`storage`]: opens a node's storage and hands out each group's log store and state machine.
+//! - [`storage`]: opens a node's storage and hands out each group's log store and state machine;
+//! - [`durable_state`] and [`damage`]: what the node made durable and damage it found, so damaged storage is
+//!   moved aside and repaired from peers (`repair`) rather than trusted.
 //!
 //! It builds on `fjord-log` and never reaches up into the node binary, views or queries.
 
@@ -14,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+pub mod damage;
 pub mod durable_state;
 pub mod error;
 pub mod groups;

@@ -350,6 +350,13 @@ impl SnapshotFrames {
         Ok(SnapshotFrames { input, partition, chain: CHAIN_SEED, next_offset: 0, seen_tail: false, failed: false })
     }
 
+    /// Opens the tail file of a snapshot this node holds (frames only, no magic), whose first record is
+    /// `base` of `partition` and whose sealed segments end at chain checksum `chain`.
+    fn open_tail(path: &Path, partition: u32, base: u64, chain: u32) -> fjord_log::Result<Self> {
+        let input = BufReader::new(File::open(path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?);
+        Ok(SnapshotFrames { input, partition, chain, next_offset: base, seen_tail: false, failed: false })
+    }
+
     /// Reads and verifies the next frame; `None` at a clean end of file.
     fn next_frame(&mut self) -> fjord_log::Result<Option<Frame>> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -402,6 +409,28 @@ impl Iterator for SnapshotFrames {
         self.failed = matches!(frame, Some(Err(_)));
         frame
     }
+}
+
+/// Reads a held snapshot's tail file whole and checks it: every frame a tail frame that passes its checksums,
+/// chained on from the manifest's last sealed segment, ending at the manifest's cut. Returns its length.
+pub(crate) fn verify_tail(manifest: &SnapshotManifest, path: &Path, partition: u32) -> fjord_log::Result<u64> {
+    let last = manifest.sealed.last();
+    let (base, chain) = (last.map_or(0, |s| s.next_offset), last.map_or(CHAIN_SEED, |s| s.chain_checksum));
+    let mut frames = SnapshotFrames::open_tail(path, partition, base, chain)?;
+    for frame in &mut frames {
+        if frame?.sealed {
+            return Err(corrupt(format!("{}: a sealed frame in a tail file", path.display())));
+        }
+    }
+    if frames.next_offset != manifest.next_offset {
+        return Err(corrupt(format!(
+            "{}: ends at {} where the cut is {}",
+            path.display(),
+            frames.next_offset,
+            manifest.next_offset
+        )));
+    }
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| corrupt(format!("{}: {e}", path.display())))
 }
 
 /// The records of a received snapshot, frame by frame, in offset order.

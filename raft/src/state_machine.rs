@@ -132,9 +132,13 @@ impl GroupStateMachine {
             tracing::warn!(group, snapshot = %interrupted.meta.snapshot_id, "finishing an interrupted snapshot install");
             shared.finish_install(&interrupted)?;
         }
-        if let Some(current) = shared.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)? {
+        let current = shared.read_meta::<StoredSnapshot>(keys::META_SNAPSHOT)?;
+        if let Some(current) = &current {
             shared.snapshot_size.set(current.manifest.next_offset);
         }
+        // A crash between making a snapshot current and removing the one before leaves that one's tail.
+        let keep: Vec<&str> = current.iter().map(|current| current.manifest.tail_file.as_str()).collect();
+        shared.remove_snapshot_files_except(&keep);
         Ok(GroupStateMachine { shared })
     }
 
@@ -431,6 +435,20 @@ impl Shared {
     fn remove_snapshot_files_except(&self, keep: &[&str]) {
         remove_files(&self.snapshot_dir, |name| !keep.contains(&name) && !name.starts_with("receiving-"));
     }
+}
+
+/// Reads the snapshot `group` holds, if any, and checks its tail file whole (see
+/// [`crate::snapshot::verify_tail`]); its sealed segments are the catalog's, checked with the catalog.
+/// Returns the bytes read; damage is an error saying where. Blocking.
+pub(crate) fn verify_held_snapshot(db: &DB, group: GroupId, snapshot_dir: &std::path::Path) -> Result<u64, String> {
+    let subject = ErrorSubject::StateMachine;
+    let meta = db.cf_handle(keys::CF_RAFT_META).ok_or("column family raft_meta is missing")?;
+    let stored = db.get_pinned_cf(meta, keys::meta_key(group, keys::META_SNAPSHOT)).map_err(|e| e.to_string())?;
+    let Some(stored) = stored else { return Ok(0) };
+    let stored: StoredSnapshot =
+        decode(&stored, subject).map_err(|e| format!("group {group}'s snapshot record: {e}"))?;
+    let path = snapshot_dir.join(&stored.manifest.tail_file);
+    crate::snapshot::verify_tail(&stored.manifest, &path, group).map_err(|e| e.to_string())
 }
 
 /// Removes what a crash left half-written: snapshots being built or received.

@@ -14,6 +14,7 @@ use fjord_log::sealed::SegmentCatalog;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::damage::DamageReports;
 use crate::durable_state::DurableMarks;
 use crate::durable_state::FoundState;
 use crate::keys::RAFT_COLUMN_FAMILIES;
@@ -93,7 +94,7 @@ fn quarantine(data_dir: &Path, found: &str) -> fjord_log::Result<()> {
     let system =
         |e: std::io::Error| fjord_log::Error::System { what: "quarantining a damaged database", detail: e.to_string() };
     std::fs::create_dir_all(&aside).map_err(system)?;
-    for part in ["db", "segments", "snapshots"] {
+    for part in ["db", "segments", "snapshots", crate::damage::MARKER_FILE] {
         let path = data_dir.join(part);
         if path.exists() {
             std::fs::rename(&path, aside.join(part)).map_err(system)?;
@@ -101,6 +102,102 @@ fn quarantine(data_dir: &Path, found: &str) -> fjord_log::Result<()> {
     }
     std::fs::write(aside.join("FOUND"), format!("{found}\n")).map_err(system)?;
     std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(system)
+}
+
+/// Opens the database and the segment catalog, and moves them aside (see [`quarantine`]) for empty ones if
+/// they are damaged: a previous run reported damage ([`crate::damage`]), RocksDB finds them corrupt, they hold less than `marks` says was made durable, or (with
+/// `verify_on_open`) a read of everything stored — every database block, every sealed segment, every held
+/// snapshot's tail — fails a checksum.
+fn open_verified(
+    data_dir: &Path,
+    options: &StoreOptions,
+    marks: &DurableMarks,
+    region: &str,
+    seal: &SealPolicy,
+) -> fjord_log::Result<(LogStore, SegmentCatalog)> {
+    let segments_dir = data_dir.join("segments");
+    let open_catalog = |store: &LogStore| SegmentCatalog::open(store, &segments_dir, region, seal.clone());
+    if let Some(found) = crate::damage::reported_before(data_dir) {
+        quarantine(data_dir, &found)?;
+        let store = open_database(data_dir, options)?;
+        let segments = open_catalog(&store)?;
+        return Ok((store, segments));
+    }
+    let trusting = fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay);
+    let store = match open_database(data_dir, options) {
+        Ok(store) => match damage_of(&store, marks) {
+            Some(damage) if !trusting => {
+                drop(store);
+                quarantine(data_dir, &damage)?;
+                open_database(data_dir, options)?
+            }
+            _ => store,
+        },
+        Err(fjord_log::Error::Storage(error)) if error.kind() == rocksdb::ErrorKind::Corruption => {
+            // A torn tail RocksDB took for corruption, or synced writes lost? Replayed to the first bad
+            // record, the database either still holds all the record says was made durable (only
+            // unacknowledged writes were dropped) or it does not.
+            let salvaged = LogStore::open_recovering(
+                data_dir.join("db"),
+                options,
+                &RAFT_COLUMN_FAMILIES,
+                fjord_log::WalRecovery::PointInTime,
+            );
+            match salvaged {
+                Ok(store) if damage_of(&store, marks).is_none() => {
+                    tracing::warn!(%error, "the write-ahead log's tail was torn; replayed up to it, nothing durable lost");
+                    store
+                }
+                salvaged => {
+                    drop(salvaged);
+                    quarantine(data_dir, &format!("RocksDB found the database corrupt: {error}"))?;
+                    open_database(data_dir, options)?
+                }
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    if !options.verify_on_open {
+        let segments = open_catalog(&store)?;
+        return Ok((store, segments));
+    }
+    let started = std::time::Instant::now();
+    let verified = verify_database(&store).and_then(|database_bytes| {
+        let segments = open_catalog(&store).map_err(|error| format!("the segment catalog cannot be read: {error}"))?;
+        let segment_bytes = segments.verify().map_err(|error| error.to_string())?;
+        let mut snapshot_bytes = 0;
+        for group in 0..store.partition_count() {
+            let dir = data_dir.join("snapshots").join(group.to_string());
+            snapshot_bytes += crate::state_machine::verify_held_snapshot(store.db(), group, &dir)?;
+        }
+        tracing::info!(
+            database_bytes,
+            segment_bytes,
+            snapshot_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "verified every checksum of the stored data"
+        );
+        Ok(segments)
+    });
+    match verified {
+        Ok(segments) => Ok((store, segments)),
+        Err(damage) => {
+            drop(store);
+            quarantine(data_dir, &damage)?;
+            let store = open_database(data_dir, options)?;
+            let segments = open_catalog(&store)?;
+            Ok((store, segments))
+        }
+    }
+}
+
+/// Has RocksDB check every block of the database (see [`LogStore::verify_checksums`]), so damage is found
+/// while the node opens, before it votes, rather than by a later read, a compaction or a peer's refusal of a
+/// snapshot. Returns the bytes of table files checked; the damage found is the error.
+fn verify_database(store: &LogStore) -> Result<u64, String> {
+    tracing::info!("verifying every checksum of the stored data");
+    store.verify_checksums().map_err(|error| format!("RocksDB's check of every table file failed: {error}"))?;
+    Ok(store.db().live_files().map_or(0, |files| files.iter().map(|file| file.size as u64).sum()))
 }
 
 /// What the database holds for each group: its vote and its last log index.
@@ -123,6 +220,7 @@ pub struct NodeStorage {
     syncer: WalSyncer,
     marks: Arc<DurableMarks>,
     recovering: Arc<Mutex<BTreeSet<GroupId>>>,
+    damage: Arc<DamageReports>,
 }
 
 impl NodeStorage {
@@ -149,49 +247,17 @@ impl NodeStorage {
             tracing::error!(%error, "the durable-state record is damaged: this node will not start");
             fjord_log::Error::Corrupt { what: "durable-state record", detail: error.to_string() }
         })?;
-        let trusting = fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay);
-        let store = match open_database(data_dir, options) {
-            Ok(store) => match damage_of(&store, &marks) {
-                Some(damage) if !trusting => {
-                    drop(store);
-                    quarantine(data_dir, &damage)?;
-                    open_database(data_dir, options)?
-                }
-                _ => store,
-            },
-            Err(fjord_log::Error::Storage(error)) if error.kind() == rocksdb::ErrorKind::Corruption => {
-                // A torn tail RocksDB took for corruption, or synced writes lost? Replayed to the first bad
-                // record, the database either still holds all the record says was made durable (only
-                // unacknowledged writes were dropped) or it does not.
-                let salvaged = LogStore::open_recovering(
-                    data_dir.join("db"),
-                    options,
-                    &RAFT_COLUMN_FAMILIES,
-                    fjord_log::WalRecovery::PointInTime,
-                );
-                match salvaged {
-                    Ok(store) if damage_of(&store, &marks).is_none() => {
-                        tracing::warn!(%error, "the write-ahead log's tail was torn; replayed up to it, nothing durable lost");
-                        store
-                    }
-                    salvaged => {
-                        drop(salvaged);
-                        quarantine(data_dir, &format!("RocksDB found the database corrupt: {error}"))?;
-                        open_database(data_dir, options)?
-                    }
-                }
-            }
-            Err(error) => return Err(error),
-        };
+        let (store, segments) = open_verified(data_dir, options, &marks, &identity.region, &seal)?;
         check_or_record_identity(&store, identity)?;
         let found = found_state(&store)?;
+        let trusting = fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay);
         let recovering: BTreeSet<GroupId> = if trusting {
             BTreeSet::new()
         } else {
             marks.state().damage(&found).iter().map(|damage| damage.group).collect()
         };
         let marks = Arc::new(marks);
-        let segments = Arc::new(SegmentCatalog::open(&store, &data_dir.join("segments"), &identity.region, seal)?);
+        let segments = Arc::new(segments);
         let syncer = WalSyncer::start(store.db(), marks.clone()).map_err(|error| fjord_log::Error::System {
             what: "starting the WAL sync thread",
             detail: error.to_string(),
@@ -203,12 +269,18 @@ impl NodeStorage {
             syncer,
             marks,
             recovering: Arc::new(Mutex::new(recovering)),
+            damage: Arc::new(DamageReports::new(data_dir)),
         })
     }
 
     /// The groups whose storage was damaged and is not repaired yet: they must not vote or campaign.
     pub fn recovering(&self) -> &Arc<Mutex<BTreeSet<GroupId>>> {
         &self.recovering
+    }
+
+    /// Where damage found while the node runs is reported (and remembered for its next open).
+    pub fn damage(&self) -> &Arc<DamageReports> {
+        &self.damage
     }
 
     /// The node's durable-state record.

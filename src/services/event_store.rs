@@ -23,6 +23,7 @@ use fjord_log::Revision;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_server::EventStore;
 use fjord_raft::GroupId;
+use fjord_raft::damage::DamageReports;
 use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
@@ -109,11 +110,13 @@ impl EventStoreService {
         let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset().0);
         let (sender, receiver) = mpsc::channel(1);
         let (idle, page_bytes) = (self.limits.idle_timeout, self.limits.page_bytes);
+        let damage = self.router.groups().damage().clone();
         tokio::spawn(async move {
             let mut reader = reader;
             loop {
+                let damage = damage.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    let page = next_page(&mut reader, group, page_bytes);
+                    let page = next_page(&mut reader, group, page_bytes, &damage);
                     (reader, page)
                 });
                 let (returned, page) = match read.await {
@@ -138,8 +141,15 @@ impl EventStoreService {
     }
 }
 
-/// The next page of `reader`'s events (up to `page_bytes`), and whether it is the last.
-fn next_page<I>(reader: &mut I, group: GroupId, page_bytes: usize) -> Result<(Vec<v1::RecordedEvent>, bool), Status>
+/// The next page of `reader`'s events (up to `page_bytes`), and whether it is the last. Stored data that
+/// fails its checksum ends the read with `DATA_LOSS` saying where, and is reported to `damage` (the node is
+/// repaired from its peers; see [`DamageReports`]): corrupt bytes are never served.
+fn next_page<I>(
+    reader: &mut I,
+    group: GroupId,
+    page_bytes: usize,
+    damage: &DamageReports,
+) -> Result<(Vec<v1::RecordedEvent>, bool), Status>
 where
     I: Iterator<Item = fjord_log::Result<RecordedEvent>>,
 {
@@ -147,6 +157,18 @@ where
     while events.len() < EVENTS_PER_MESSAGE && bytes < page_bytes {
         match reader.next() {
             None => return Ok((events, true)),
+            Some(Err(error)) if error.is_checksum_failure() => {
+                let detail = error.to_string();
+                damage.report(group, &detail);
+                return Err(pb::status(
+                    Code::DataLoss,
+                    error.reason(),
+                    format!(
+                        "partition {group} on this node: {detail}; this copy is marked for repair from the \
+                         node's peers: read from another node"
+                    ),
+                ));
+            }
             Some(Err(error)) => return Err(pb::log_error(error)),
             Some(Ok(event)) => {
                 let event = pb::recorded_event(event, group);

@@ -123,21 +123,6 @@ impl TestNode {
         self.child.is_some()
     }
 
-    /// Waits up to `patience` for the node's process to exit by itself (a node that refuses to start); its
-    /// exit status, or `None` if it is still running. Only for nodes on this machine's own processes.
-    pub(crate) fn wait_for_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
-            let child = self.child.as_mut().expect("the node is not running");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-
     /// What the node has logged (every run of it).
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.spec.log_path()).unwrap_or_default()
@@ -190,12 +175,14 @@ pub(crate) struct TestRegion {
     pub(crate) token: BearerToken,
     /// What every node runs with (for nodes added later).
     spec: RegionSpec,
+    /// What the corrupt-disk nemesis did to the region.
+    pub(crate) corruptions: nemesis::CorruptionTally,
 }
 
-/// Raft timing for tests on a small, busy machine; snapshots, and sealed segments (about 30 small events
-/// each), often enough to be exercised.
-const TEST_CONFIG: &str =
-    "[groups]\nsnapshot_every_entries = 50\nentries_kept_after_snapshot = 10\n[segments]\nsegment_bytes = 4096\n";
+/// Raft timing for tests on a small, busy machine; snapshots, sealed segments (about 30 small events each)
+/// and RocksDB's table files (memtables of 256 KiB), often enough to be exercised.
+const TEST_CONFIG: &str = "[groups]\nsnapshot_every_entries = 50\nentries_kept_after_snapshot = 10\n\
+                           [segments]\nsegment_bytes = 4096\n[store]\nwrite_buffer_bytes = 262144\n";
 
 impl TestRegion {
     pub(crate) async fn start(n: u64, partitions: u32) -> TestRegion {
@@ -237,7 +224,8 @@ impl TestRegion {
             node.spawn();
             nodes.push(node);
         }
-        let region = TestRegion { nodes, disks, network, dir, partitions, token, spec };
+        let corruptions = nemesis::CorruptionTally::default();
+        let region = TestRegion { nodes, disks, network, dir, partitions, token, spec, corruptions };
         region.wait_for_leaders().await;
         region
     }
@@ -315,6 +303,15 @@ impl TestRegion {
                 .collect();
             panic!("{error}; see {}\n{}", self.dir.path().display(), tails.join("\n"));
         }
+    }
+
+    /// Whether node `id` answers a status request.
+    pub(crate) async fn node_answers(&self, id: u64) -> bool {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(2), async {
+            node.cluster().await.status(v1::StatusRequest {}).await
+        });
+        matches!(status.await, Ok(Ok(_)))
     }
 
     /// partition → leader, as the running nodes see it, when every partition has a leader that is running.

@@ -12,10 +12,10 @@
 //! - a network partition that cuts one node off from the others (clients still reach it);
 //! - a partition that splits the region 2|1 with a partition's leader alone on the minority side;
 //! - a flaky link: a node's connections to its peers reset now and then;
-//! - a corrupt disk (with `FJORD_FAULT_CORRUPTION` set): a node is killed, a byte of its write-ahead log
-//!   flipped or a 4 KiB page of it zeroed, and the node restarted; it must find the damage and be repaired
-//!   from its leader before the next fault (a byte in the WAL's unsynced tail is a torn tail, harmless by
-//!   design).
+//! - a corrupt disk: a node is killed, a byte of one of its stored files flipped or a 4 KiB page of it
+//!   zeroed — its write-ahead log, a RocksDB table, a sealed segment or a snapshot's tail — and the node
+//!   restarted. It must find the damage and be repaired from its leader before the next fault, except where
+//!   the damage is provably harmless: a write-ahead log's unsynced tail is a torn tail by design.
 //!
 //! Power loss and full disks need a region on lazy filesystems, the network faults one on hosts of its own
 //! (`RegionOptions`, [`super::hosts`]).
@@ -37,7 +37,7 @@ pub(crate) enum Fault {
     IsolateNode,
     IsolateLeader,
     FlakyLink,
-    CorruptWal,
+    CorruptStorage,
 }
 
 /// How a corrupt disk damages a file.
@@ -49,15 +49,66 @@ pub(crate) enum Damage {
     ZeroPage,
 }
 
+/// Which kind of a node's stored files a corrupt disk damages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum StoredFile {
+    /// RocksDB's write-ahead log (`db/*.log`).
+    WriteAheadLog,
+    /// A RocksDB table file (`db/*.sst`).
+    Table,
+    /// A sealed segment (`segments/<partition>/*.seg`).
+    Segment,
+    /// A held snapshot's tail frames (`snapshots/<group>/*.tail`).
+    SnapshotTail,
+}
+
+impl StoredFile {
+    const ALL: [StoredFile; 4] =
+        [StoredFile::WriteAheadLog, StoredFile::Table, StoredFile::Segment, StoredFile::SnapshotTail];
+
+    /// The node's files of this kind under `data_dir`, in a stable order.
+    pub(crate) fn files(self, data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let (dirs, extension) = match self {
+            StoredFile::WriteAheadLog => (vec![data_dir.join("db")], "log"),
+            StoredFile::Table => (vec![data_dir.join("db")], "sst"),
+            StoredFile::Segment => (subdirs(&data_dir.join("segments")), "seg"),
+            StoredFile::SnapshotTail => (subdirs(&data_dir.join("snapshots")), "tail"),
+        };
+        let mut files: Vec<_> = dirs
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == extension))
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() > 0))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+fn subdirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir).map_or_else(|_| Vec::new(), |entries| entries.flatten().map(|e| e.path()).collect())
+}
+
+/// What the corrupt-disk nemesis did, and what became of it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CorruptionTally {
+    /// Corruptions injected, by kind of file.
+    pub(crate) injected: BTreeMap<StoredFile, u64>,
+    /// Of those, found by the node (and repaired).
+    pub(crate) detected: u64,
+    /// Of those, in a write-ahead log and not found: in its unsynced tail (a torn tail), or in a log already
+    /// flushed; harmless by design.
+    pub(crate) torn_tails: u64,
+    /// Of those, in a file the node removed unread when it opened: superseded, harmless.
+    pub(crate) superseded: u64,
+}
+
 impl Fault {
     /// Every fault; those needing lazy filesystems only where the region has them.
     pub(crate) fn all(region: &TestRegion) -> Vec<Fault> {
-        let mut faults = vec![Fault::KillLeader, Fault::PauseLeader];
-        // Opt-in until a run with it that ended with a replica behind is explained (see the issue's note):
-        // `FJORD_FAULT_CORRUPTION=1 tests/soak …`.
-        if std::env::var_os("FJORD_FAULT_CORRUPTION").is_some() {
-            faults.push(Fault::CorruptWal);
-        }
+        let mut faults = vec![Fault::KillLeader, Fault::PauseLeader, Fault::CorruptStorage];
         if !region.disks.is_empty() {
             faults.extend([Fault::PowerLoss, Fault::FullDisk]);
         }
@@ -131,33 +182,7 @@ pub(crate) async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut
                 region.node(follower).restart();
             });
         }
-        Fault::CorruptWal => {
-            let victim = region.nodes[schedule.next(region.nodes.len() as u64) as usize].id;
-            let damage = if schedule.next(2) == 0 { Damage::FlipByte } else { Damage::ZeroPage };
-            let fraction = schedule.next(1000);
-            let (damaged_before, repaired_before) = damage_counts(&region.node(victim).log());
-            blocking(|| {
-                region.node(victim).kill();
-                let data_dir = region.node(victim).data_dir().to_owned();
-                if let Some(wal) = largest_wal(&data_dir) {
-                    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
-                    corrupt(&wal, len * fraction / 1000, damage).unwrap();
-                }
-            });
-            tokio::time::sleep(outage).await;
-            blocking(|| region.node(victim).restart());
-            // A node that found damage is repaired before the next fault, or the run fails here.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let (damaged, repaired) = damage_counts(&region.node(victim).log());
-                if damaged == damaged_before || repaired > repaired_before {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "node {victim} found damage and was not repaired");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        Fault::CorruptStorage => corrupt_a_node(region, schedule, outage).await,
         Fault::IsolateNode | Fault::IsolateLeader | Fault::FlakyLink => {
             let network = region.network.clone().expect("network faults need a region on hosts of its own");
             let id = match fault {
@@ -171,6 +196,66 @@ pub(crate) async fn inject(region: &mut TestRegion, fault: Fault, schedule: &mut
         }
     }
     region.wait_for_leaders().await;
+}
+
+/// Kills a node, damages one of its stored files, restarts it after `outage`, and waits until it has found
+/// the damage and been repaired (or, for a write-ahead log, found nothing: a torn tail). Damage anywhere but
+/// a write-ahead log that the node does not find fails the run.
+async fn corrupt_a_node(region: &mut TestRegion, schedule: &mut Schedule, outage: Duration) {
+    let victim = region.nodes[schedule.next(region.nodes.len() as u64) as usize].id;
+    let damage = if schedule.next(2) == 0 { Damage::FlipByte } else { Damage::ZeroPage };
+    let (kind_pick, file_pick, fraction) = (schedule.next(1 << 20), schedule.next(1 << 20), schedule.next(1000));
+    let (damaged_before, repaired_before) = damage_counts(&region.node(victim).log());
+    let target = blocking(|| {
+        region.node(victim).kill();
+        let data_dir = region.node(victim).data_dir().to_owned();
+        let kinds: Vec<(StoredFile, Vec<std::path::PathBuf>)> = StoredFile::ALL
+            .into_iter()
+            .map(|kind| (kind, kind.files(&data_dir)))
+            .filter(|(_, files)| !files.is_empty())
+            .collect();
+        let (kind, files) = kinds.get(kind_pick as usize % kinds.len().max(1))?;
+        let file = &files[file_pick as usize % files.len()];
+        let len = std::fs::metadata(file).map_or(0, |m| m.len());
+        corrupt(file, len * fraction / 1000, damage).unwrap();
+        Some((*kind, file.clone()))
+    });
+    tokio::time::sleep(outage).await;
+    blocking(|| region.node(victim).restart());
+    let Some((kind, file)) = target else { return };
+    *region.corruptions.injected.entry(kind).or_default() += 1;
+    // Found damage is repaired before the next fault; damage must be found but in a write-ahead log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (damaged, repaired) = damage_counts(&region.node(victim).log());
+        if damaged > damaged_before && repaired >= repaired_before + region.partitions as usize {
+            region.corruptions.detected += 1;
+            break;
+        }
+        if damaged == damaged_before && tokio::time::Instant::now() > quiet_until {
+            // Nothing found by now and the node answers: it has opened (and would have said so).
+            if region.node_answers(victim).await {
+                if kind == StoredFile::WriteAheadLog {
+                    // Its unsynced tail (a torn tail, dropped by design), or a log already flushed.
+                    region.corruptions.torn_tails += 1;
+                } else {
+                    // Never read, so harmless, only if the node removed the file at open: superseded (a
+                    // compacted table, an uncatalogued segment, a replaced snapshot's tail).
+                    assert!(
+                        !file.exists(),
+                        "node {victim} did not find {damage:?} at {fraction}/1000 of {}",
+                        file.display()
+                    );
+                    region.corruptions.superseded += 1;
+                }
+                break;
+            }
+            quiet_until = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {victim} found damage and was not repaired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The largest write-ahead log file of the node whose data dir is `data_dir`, if it has one.
@@ -279,11 +364,18 @@ pub(crate) async fn judge(region: &TestRegion, history: &History, faults: &BTree
         .iter()
         .map(|node| damage_counts(&node.log()))
         .fold((0, 0), |(d, r), (node_d, node_r)| (d + node_d, r + node_r));
+    let tally = &region.corruptions;
+    let corrupted = tally.injected.iter().map(|(kind, n)| format!("{n} {kind:?}")).collect::<Vec<_>>().join(", ");
     let mut summary = format!(
         "faults: {cycles} cycles (seed {seed}) on {hosts}: {injected}; unsynced bytes lost to power losses: {dropped}; \
+         corruptions injected: [{corrupted}], found and repaired {}, harmless: {} torn write-ahead log tails and {} \
+         in superseded files; \
          damaged storage found {detected} times, groups repaired {repaired}; \
          appends: {acknowledged} acknowledged, {failed} failed, {unknown} unknown; {} linearizable reads; \
          {} violations",
+        tally.detected,
+        tally.torn_tails,
+        tally.superseded,
         history.reads(),
         violations.len()
     );
