@@ -118,14 +118,20 @@ fn the_catalog_survives_a_restart_and_sealing_resumes() {
     let more = catalog.seal_ready(log).unwrap();
     assert_eq!(more.first().unwrap().base_offset, first.last().unwrap().next_offset);
 
-    // A catalogued file that lost bytes is refused at open.
+    // A catalogued file that lost bytes, or has one flipped, fails verification, which names it.
+    assert!(catalog.verify().unwrap() > 0);
     let victim = catalog.path_of(&more[0]);
     drop((catalog, store));
     let bytes = std::fs::read(&victim).unwrap();
-    std::fs::write(&victim, &bytes[..bytes.len() - 1]).unwrap();
-    let store = LogStore::open(&db, &options()).unwrap();
-    let refused = SegmentCatalog::open(&store, &segments, "eu-north", policy()).err().unwrap();
-    assert_eq!(refused.reason(), "DATA_CORRUPT");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x5A;
+    for damaged in [&bytes[..bytes.len() - 1], &flipped[..]] {
+        std::fs::write(&victim, damaged).unwrap();
+        let store = LogStore::open(&db, &options()).unwrap();
+        let refused = SegmentCatalog::open(&store, &segments, "eu-north", policy()).unwrap().verify().err().unwrap();
+        assert_eq!(refused.reason(), "DATA_CORRUPT");
+        assert!(refused.to_string().contains(&victim.display().to_string()), "{refused}");
+    }
 }
 
 #[test]
