@@ -132,6 +132,20 @@ pub(crate) fn durable_state_of(db: &DB, group: GroupId) -> Result<(Option<Record
     Ok((vote.as_ref().map(recorded_vote), last.map(|log_id| log_id.index)))
 }
 
+/// Writes (synced) `recorded` as `group`'s vote in a database that lost it: a node whose damaged database
+/// was moved aside starts with the vote it had made durable, so it never votes twice in a term it voted in.
+pub(crate) fn restore_vote(db: &DB, group: GroupId, recorded: RecordedVote) -> Result<(), StorageError> {
+    let vote = if recorded.committed {
+        Vote::new_committed(recorded.term, recorded.node)
+    } else {
+        Vote::new(recorded.term, recorded.node)
+    };
+    let meta = cf(db, keys::CF_RAFT_META)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta, keys::meta_key(group, keys::META_VOTE), encode(&vote, ErrorSubject::Vote)?);
+    db.write_opt(batch, &synced()).map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
+}
+
 /// A vote as the durable-state record keeps it.
 pub(crate) fn recorded_vote(vote: &Vote<NodeId>) -> RecordedVote {
     RecordedVote { term: vote.leader_id().term, committed: vote.is_committed(), node: vote.leader_id().node_id }

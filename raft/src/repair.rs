@@ -45,21 +45,25 @@ impl Repair {
     pub(crate) async fn run(self) {
         self.raft.runtime_config().elect(false);
         tracing::warn!(group = self.group, "repairing from the group's leader: no votes, no campaigns until then");
-        let mut target: Option<u64> = None;
+        // The leader (and its term) asked, and where its log ended then. A new leader is asked again: its
+        // log may end below the old one's (entries the old leader never committed).
+        let mut target: Option<(NodeId, u64, u64)> = None;
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             let metrics = self.raft.metrics().borrow().clone();
             if metrics.state == openraft::ServerState::Shutdown {
                 return;
             }
-            let Some(target_index) = target else {
-                let leader = metrics.current_leader.filter(|leader| *leader != self.node);
+            let leader = metrics.current_leader.filter(|leader| *leader != self.node);
+            let asked = target.filter(|(asked, term, _)| Some(*asked) == leader && *term == metrics.current_term);
+            let Some((_, _, target_index)) = asked else {
+                target = None;
                 let address = leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
                 if let (Some(leader), Some(node)) = (leader, address) {
                     match leader_log_index(&self.peers, leader, &node.address, self.group).await {
                         Ok(index) => {
                             tracing::info!(group = self.group, leader, index, "repairing: the leader's log ends here");
-                            target = Some(index);
+                            target = Some((leader, metrics.current_term, index));
                         }
                         Err(detail) => tracing::info!(group = self.group, %detail, "repairing: asking again"),
                     }
@@ -74,8 +78,9 @@ impl Repair {
                 Ok(Ok((vote, log_index))) => FoundState { vote, log_index },
                 _ => continue,
             };
-            // The log has caught up; a vote older than one it had cast waits for a newer term. (The log
-            // may end below the recorded mark: entries the new leader never had were not committed.)
+            // The log has caught up; the vote it had cast was restored at open (see `crate::storage`), so this
+            // waits only if the database lost it again. (The log may end below the recorded mark: entries
+            // the new leader never had were not committed.)
             let recorded_vote = self.marks.state().groups.get(&self.group).and_then(|mark| mark.vote);
             if state.vote < recorded_vote {
                 continue;

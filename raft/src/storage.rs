@@ -251,11 +251,18 @@ impl NodeStorage {
         check_or_record_identity(&store, identity)?;
         let found = found_state(&store)?;
         let trusting = fjord_log::planted::planted(fjord_log::planted::PlantedBug::TrustPointInTimeReplay);
-        let recovering: BTreeSet<GroupId> = if trusting {
-            BTreeSet::new()
-        } else {
-            marks.state().damage(&found).iter().map(|damage| damage.group).collect()
-        };
+        let damaged = if trusting { Vec::new() } else { marks.state().damage(&found) };
+        for damage in &damaged {
+            // The vote it made durable comes back at once (a term it voted in is never voted in again); the
+            // log comes back from its leader (see `crate::repair`).
+            if let Some(recorded) = damage.recorded_vote.filter(|recorded| damage.found_vote < Some(*recorded)) {
+                crate::log_store::restore_vote(store.db(), damage.group, recorded).map_err(|e| {
+                    fjord_log::Error::System { what: "restoring a recorded vote", detail: e.to_string() }
+                })?;
+                tracing::warn!(group = damage.group, ?recorded, "restored the vote this node had made durable");
+            }
+        }
+        let recovering: BTreeSet<GroupId> = damaged.iter().map(|damage| damage.group).collect();
         let marks = Arc::new(marks);
         let segments = Arc::new(segments);
         let syncer = WalSyncer::start(store.db(), marks.clone()).map_err(|error| fjord_log::Error::System {
