@@ -44,6 +44,8 @@ pub enum Command {
     Read(crate::client::ReadArgs),
     /// Show a running region's members and partitions.
     Status(crate::client::StatusArgs),
+    /// Print the events of a running region as they are committed (history first), until Ctrl-C.
+    Tail(crate::tail::TailArgs),
     /// Make a region's security dir: its CA, node certificates, token key and an admin token.
     Certs(CertsArgs),
     /// Issue a bearer token signed with a security dir's token key.
@@ -167,6 +169,7 @@ fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Append(args) => runtime.block_on(args.run()),
         Command::Read(args) => runtime.block_on(args.run()),
         Command::Status(args) => runtime.block_on(args.run()),
+        Command::Tail(args) => runtime.block_on(args.run()),
         Command::Certs(args) => make_certs(&args),
         Command::Token(args) => issue_token(&args),
     }

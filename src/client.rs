@@ -39,16 +39,21 @@ pub struct ClientArgs {
 type AuthorizedChannel = InterceptedService<Channel, BearerToken>;
 
 impl ClientArgs {
-    async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
-        let token = match (&self.token, &self.token_file) {
+    /// The token the flags give, from `--token`, `--token-file` or the environment.
+    pub fn token(&self) -> anyhow::Result<String> {
+        Ok(match (&self.token, &self.token_file) {
             (Some(token), _) => token.clone(),
             (None, Some(file)) => {
-                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?.trim().to_owned()
             }
             (None, None) => anyhow::bail!(
                 "no token: pass --token or --token-file, or set FJORD_TOKEN (`fjord dev` prints one; `fjord token` issues them)"
             ),
-        };
+        })
+    }
+
+    async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
+        let token = self.token()?;
         let token = BearerToken::new(&token).map_err(|status| anyhow::anyhow!("the token: {}", status.message()))?;
         let timeout = Duration::from_secs(self.timeout_secs);
         let endpoint = Channel::from_shared(format!("http://{}", self.server))

@@ -48,6 +48,7 @@ use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
 use crate::services::event_store::ReadLimits;
 use crate::services::routing::Router;
+use crate::services::subscriptions::SubscriptionLimits;
 
 /// Everything one node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +117,9 @@ pub struct ServerLimits {
     pub read_page_bytes: usize,
     /// Reads streaming at once on the node; more are refused with `RESOURCE_EXHAUSTED`.
     pub max_read_streams: usize,
+    /// Subscriptions streaming at once on the node; more are refused with `RESOURCE_EXHAUSTED`. Each holds
+    /// a task and at most two messages of `read_page_bytes`.
+    pub max_subscriptions: usize,
 }
 
 impl Default for ServerLimits {
@@ -127,6 +131,7 @@ impl Default for ServerLimits {
             stream_idle_timeout_secs: 60,
             read_page_bytes: 64 * 1024,
             max_read_streams: 1024,
+            max_subscriptions: 4096,
         }
     }
 }
@@ -137,6 +142,15 @@ impl ServerLimits {
         ReadLimits {
             page_bytes: self.read_page_bytes.max(1),
             max_streams: self.max_read_streams,
+            idle_timeout: std::time::Duration::from_secs(self.stream_idle_timeout_secs),
+        }
+    }
+
+    /// What bounds the event store's subscriptions.
+    pub fn subscriptions(&self) -> SubscriptionLimits {
+        SubscriptionLimits {
+            max_subscriptions: self.max_subscriptions,
+            message_bytes: self.read_page_bytes.max(1),
             idle_timeout: std::time::Duration::from_secs(self.stream_idle_timeout_secs),
         }
     }
@@ -391,6 +405,7 @@ pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result
         store,
         region.clone(),
         node.config.server.reads(),
+        node.config.server.subscriptions(),
     ))
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -37,5 +37,7 @@ mod region;
 mod segments;
 #[path = "suite/storage_faults.rs"]
 mod storage_faults;
+#[path = "suite/subscriptions.rs"]
+mod subscriptions;
 #[path = "suite/trust.rs"]
 mod trust;

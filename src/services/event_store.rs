@@ -10,8 +10,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
-use std::task::Poll;
 use std::time::Duration;
 
 use fjord_log::Direction;
@@ -25,9 +23,7 @@ use fjord_proto::v1::event_store_server::EventStore;
 use fjord_raft::GroupId;
 use fjord_raft::damage::DamageReports;
 use prost::Message;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Code;
 use tonic::Request;
@@ -41,6 +37,10 @@ use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::event_store_client;
 use crate::services::routing::forwarded;
+use crate::services::streaming;
+use crate::services::streaming::Responses;
+use crate::services::subscriptions::SubscriptionLimits;
+use crate::services::subscriptions::Subscriptions;
 
 /// Events per streamed read message, at most.
 const EVENTS_PER_MESSAGE: usize = 256;
@@ -67,13 +67,22 @@ pub struct EventStoreService {
     region: String,
     limits: ReadLimits,
     read_streams: Arc<Semaphore>,
+    subscriptions: Subscriptions,
 }
 
 impl EventStoreService {
-    /// The service over this node's groups and log, its reads bounded by `limits`.
-    pub fn new(router: Router, store: Arc<LogStore>, region: String, limits: ReadLimits) -> Self {
+    /// The service over this node's groups and log, its reads bounded by `limits`, its subscriptions by
+    /// `subscription_limits`.
+    pub fn new(
+        router: Router,
+        store: Arc<LogStore>,
+        region: String,
+        limits: ReadLimits,
+        subscription_limits: SubscriptionLimits,
+    ) -> Self {
         let read_streams = Arc::new(Semaphore::new(limits.max_streams));
-        EventStoreService { router, store, region, limits, read_streams }
+        let subscriptions = Subscriptions::new(router.groups().clone(), subscription_limits);
+        EventStoreService { router, store, region, limits, read_streams, subscriptions }
     }
 
     /// Makes a linearizable read of `group` possible here, or says which leader must serve it.
@@ -108,8 +117,8 @@ impl EventStoreService {
             )
         })?;
         let as_of_offset = self.store.partition(group).map_or(0, |log| log.next_offset().0);
-        let (sender, receiver) = mpsc::channel(1);
         let (idle, page_bytes) = (self.limits.idle_timeout, self.limits.page_bytes);
+        let (sender, responses) = streaming::channel(idle, permit);
         let damage = self.router.groups().damage().clone();
         tokio::spawn(async move {
             let mut reader = reader;
@@ -121,29 +130,29 @@ impl EventStoreService {
                 });
                 let (returned, page) = match read.await {
                     Ok(read) => read,
-                    Err(error) => return finish(&sender, Err(Status::internal(error.to_string())), idle).await,
+                    Err(error) => {
+                        return streaming::finish(&sender, Err(Status::internal(error.to_string())), idle).await;
+                    }
                 };
                 reader = returned;
                 let (events, last) = match page {
                     Ok(page) => page,
-                    Err(status) => return finish(&sender, Err(status), idle).await,
+                    Err(status) => return streaming::finish(&sender, Err(status), idle).await,
                 };
                 let page = Ok(v1::ReadResponse { events, as_of_offset });
                 if last {
-                    return finish(&sender, page, idle).await;
+                    return streaming::finish(&sender, page, idle).await;
                 }
                 if sender.send_timeout(Some(page), idle).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(Box::pin(ReadResponses { receiver, ended: false, idle, _permit: permit }))
+        Ok(Box::pin(responses))
     }
 }
 
-/// The next page of `reader`'s events (up to `page_bytes`), and whether it is the last. Stored data that
-/// fails its checksum ends the read with `DATA_LOSS` saying where, and is reported to `damage` (the node is
-/// repaired from its peers; see [`DamageReports`]): corrupt bytes are never served.
+/// The next page of `reader`'s events (up to `page_bytes`), and whether it is the last.
 fn next_page<I>(
     reader: &mut I,
     group: GroupId,
@@ -155,77 +164,38 @@ where
 {
     let (mut events, mut bytes) = (Vec::new(), 0);
     while events.len() < EVENTS_PER_MESSAGE && bytes < page_bytes {
-        match reader.next() {
-            None => return Ok((events, true)),
-            Some(Err(error)) if error.is_checksum_failure() => {
-                let detail = error.to_string();
-                damage.report(group, &detail);
-                return Err(pb::status(
-                    Code::DataLoss,
-                    error.reason(),
-                    format!(
-                        "partition {group} on this node: {detail}; this copy is marked for repair from the \
-                         node's peers: read from another node"
-                    ),
-                ));
-            }
-            Some(Err(error)) => return Err(pb::log_error(error)),
-            Some(Ok(event)) => {
-                let event = pb::recorded_event(event, group);
-                bytes += event.encoded_len();
-                events.push(event);
-            }
-        }
+        let Some(event) = reader.next() else { return Ok((events, true)) };
+        let event = pb::recorded_event(served(event, group, damage)?, group);
+        bytes += event.encoded_len();
+        events.push(event);
     }
     Ok((events, false))
 }
 
-/// Sends a read's last message, then the end marker (`None`), which tells [`ReadResponses`] the read ended
-/// as it should.
-async fn finish(
-    sender: &mpsc::Sender<Option<Result<v1::ReadResponse, Status>>>,
-    last: Result<v1::ReadResponse, Status>,
-    idle: Duration,
-) {
-    if sender.send_timeout(Some(last), idle).await.is_ok() {
-        let _ = sender.send_timeout(None, idle).await;
-    }
-}
-
-/// A read's response stream: the pages its task sends, ended by its end marker. A task that gave up on a
-/// client that read nothing for the idle timeout sent no marker: the client gets `DEADLINE_EXCEEDED`, never
-/// a clean end that would pass for the whole read.
-struct ReadResponses {
-    receiver: mpsc::Receiver<Option<Result<v1::ReadResponse, Status>>>,
-    ended: bool,
-    idle: Duration,
-    /// Holds the read's place among [`ReadLimits::max_streams`] until the client is done with it.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Stream for ReadResponses {
-    type Item = Result<v1::ReadResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
+/// An event read from this node's storage of partition `group`, or the status to end the read with. Stored
+/// data that fails its checksum is `DATA_LOSS` saying where, and is reported to `damage` (the node is
+/// repaired from its peers; see [`DamageReports`]): corrupt bytes are never served. Blocking (a report
+/// writes a file).
+pub fn served(
+    event: fjord_log::Result<RecordedEvent>,
+    group: GroupId,
+    damage: &DamageReports,
+) -> Result<RecordedEvent, Status> {
+    match event {
+        Ok(event) => Ok(event),
+        Err(error) if error.is_checksum_failure() => {
+            let detail = error.to_string();
+            damage.report(group, &detail);
+            Err(pb::status(
+                Code::DataLoss,
+                error.reason(),
+                format!(
+                    "partition {group} on this node: {detail}; this copy is marked for repair from the node's \
+                     peers: read from another node"
+                ),
+            ))
         }
-        match self.receiver.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Some(item))) => Poll::Ready(Some(item)),
-            Poll::Ready(Some(None)) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                Poll::Ready(Some(Err(pb::status(
-                    Code::DeadlineExceeded,
-                    "READ_IDLE",
-                    format!("the read ended: nothing was read from it for {} s", self.idle.as_secs()),
-                ))))
-            }
-        }
+        Err(error) => Err(pb::log_error(error)),
     }
 }
 
@@ -233,6 +203,14 @@ impl Stream for ReadResponses {
 impl EventStore for EventStoreService {
     type ReadStreamStream = ReadStream;
     type ReadPartitionStream = ReadStream;
+    type SubscribeStream = Responses<v1::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Ok(Response::new(self.subscriptions.start(request).await?))
+    }
 
     async fn append(&self, request: Request<v1::AppendRequest>) -> Result<Response<v1::AppendResponse>, Status> {
         authorize(&request, Operation::Append, Some(&request.get_ref().stream))?;

@@ -1,6 +1,9 @@
-//! The node's gRPC services: the public [`event_store::EventStoreService`] and [`cluster::ClusterService`],
-//! and the routing both share: any node accepts any call and forwards what its partition's leader must do.
+//! The node's gRPC services: the public [`event_store::EventStoreService`] (with its
+//! [`subscriptions`]) and [`cluster::ClusterService`], the routing both share — any node accepts any call
+//! and forwards what its partition's leader must do — and [`streaming`], their server-streamed responses.
 
 pub mod cluster;
 pub mod event_store;
 pub mod routing;
+pub mod streaming;
+pub mod subscriptions;

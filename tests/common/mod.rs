@@ -267,6 +267,19 @@ impl TestRegion {
         std::fs::read_to_string(self.spec.security_dir().join("admin.token")).unwrap().trim().to_owned()
     }
 
+    /// A token for `subject` with `grant` (`operations:stream-prefix`), issued by `fjord token` with the
+    /// region's token key.
+    pub(crate) fn issue_token(&self, subject: &str, grant: &str) -> String {
+        let security = self.security_dir();
+        let output = std::process::Command::new(fjord_program())
+            .args(["token", "--subject", subject, "--grant", grant, "--dir"])
+            .arg(&security)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
     /// The region's security dir (made with `fjord certs`).
     pub(crate) fn security_dir(&self) -> std::path::PathBuf {
         self.spec.security_dir()
