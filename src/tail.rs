@@ -64,10 +64,14 @@ impl TailArgs {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             let mut out = std::io::stdout().lock();
-            for event in &delivery.events {
-                self.print(&mut out, event, &delivery.next_offsets)?;
+            let printed =
+                delivery.events.iter().try_for_each(|event| self.print(&mut out, event, &delivery.next_offsets));
+            match printed.and_then(|()| out.flush()) {
+                Ok(()) => {}
+                // The reader went (`fjord tail | head`): done, not an error.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(error) => return Err(error.into()),
             }
-            out.flush()?;
         }
     }
 
@@ -76,7 +80,7 @@ impl TailArgs {
         out: &mut impl Write,
         event: &v1::RecordedEvent,
         next_offsets: &BTreeMap<u32, u64>,
-    ) -> anyhow::Result<()> {
+    ) -> std::io::Result<()> {
         let position = event.position.unwrap_or_default();
         let data = String::from_utf8_lossy(&event.data);
         if self.client.json {

@@ -253,9 +253,19 @@ async fn corrupt_a_node(region: &mut TestRegion, schedule: &mut Schedule, outage
             }
             quiet_until = tokio::time::Instant::now() + Duration::from_secs(1);
         }
-        assert!(tokio::time::Instant::now() < deadline, "node {victim} found damage and was not repaired");
+        if tokio::time::Instant::now() >= deadline {
+            let logs: Vec<String> =
+                region.nodes.iter().map(|node| format!("== node {}\n{}", node.id, tail(&node.log(), 60))).collect();
+            panic!("node {victim} found damage and was not repaired; the nodes' logs end:\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The largest write-ahead log file of the node whose data dir is `data_dir`, if it has one.

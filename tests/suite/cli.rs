@@ -1,5 +1,6 @@
-//! The command-line client against a running region: `fjord append`, `fjord read`, `fjord status`, with
-//! the region's admin token in `FJORD_TOKEN`, and tokens that grant less, issued with `fjord token`.
+//! The command-line client against a running region: `fjord append`, `fjord read`, `fjord status`,
+//! `fjord tail`, with the region's admin token in `FJORD_TOKEN`, and tokens that grant less, issued with
+//! `fjord token`.
 
 use std::process::Command;
 
@@ -127,4 +128,48 @@ async fn data_is_checked_against_its_content_type_and_printed_terminal_safe() {
     assert!(ok, "{err}");
     assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "control characters reached the terminal: {out:?}");
     assert!(out.contains("plain \\u{1b}]0;owned"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_history_then_live_events_and_resumes_where_a_line_says() {
+    use std::io::BufRead;
+    let region = TestRegion::start(3, 2).await;
+    let admin = region.admin_token();
+    let (a, b) = (&region.nodes[0].address, &region.nodes[1].address);
+    for sku in ["tent", "stove"] {
+        let (ok, _, err) =
+            fjord_as(Some(&admin), &["append", "--server", a, "cart-9", "ItemAdded", &format!(r#"{{"sku":"{sku}"}}"#)]);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = fjord_as(Some(&admin), &["append", "--server", a, "invoice-1", "Issued", "{}"]);
+    assert!(ok, "{err}");
+    let tail = |from: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["tail", "--server", b, "--category", "cart", "--json", "--from", from])
+            .env("FJORD_TOKEN", &admin)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = tail("start");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let (first, second) = (next(), next());
+    assert_eq!((first["stream"].as_str(), first["revision"].as_u64()), (Some("cart-9"), Some(0)));
+    assert_eq!(second["data"].as_str(), Some(r#"{"sku":"stove"}"#));
+    // Live: an append after the tail started shows up; the invoice (another category) never does.
+    let (ok, _, err) = fjord_as(Some(&admin), &["append", "--server", a, "cart-9", "CheckedOut", "{}"]);
+    assert!(ok, "{err}");
+    let third = next();
+    assert_eq!((third["type"].as_str(), third["revision"].as_u64()), (Some("CheckedOut"), Some(2)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Resumed from the position the first line printed, it goes on with the second.
+    let mut child = tail(first["resume_from"].as_str().unwrap());
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let resumed: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(resumed["revision"].as_u64(), Some(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
