@@ -100,11 +100,23 @@ pub struct PeerTls {
     pub region: String,
 }
 
-/// One lazily connected channel per peer, shared by every group on this node.
+/// One lazily connected channel per peer, shared by every group on this node. A channel whose calls have
+/// all failed (unanswered or unreachable) for [`RECONNECT_AFTER`] is replaced by a new one: a connection
+/// to a peer that died without closing it (its host gone at once, as a killed container's is) can stay
+/// half-open and swallow every message until the operating system gives up on it, minutes later.
 pub struct PeerChannels {
     tls: PeerTls,
-    channels: Mutex<HashMap<(NodeId, String), Channel>>,
+    channels: Mutex<HashMap<(NodeId, String), PeerChannel>>,
 }
+
+/// A peer's channel and since when every call on it has failed.
+struct PeerChannel {
+    channel: Channel,
+    failing_since: Option<std::time::Instant>,
+}
+
+/// How long every call to a peer must have failed before its channel is replaced.
+pub const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
 impl PeerChannels {
     /// Channels that connect with `tls`.
@@ -118,20 +130,40 @@ impl PeerChannels {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         channels
             .entry((node, address.to_owned()))
-            .or_insert_with(|| {
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(self.tls.ca.clone())
-                    .identity(self.tls.identity.clone())
-                    .domain_name(node_tls_name(node, &self.tls.region));
-                let endpoint = Endpoint::from_shared(format!("https://{address}"))
-                    .and_then(|endpoint| endpoint.tls_config(tls))
-                    .unwrap_or_else(|_| Endpoint::from_static("http://invalid.address.invalid:1"))
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5));
-                endpoint.connect_lazy()
-            })
+            .or_insert_with(|| PeerChannel { channel: self.connect(node, address), failing_since: None })
+            .channel
             .clone()
+    }
+
+    /// Notes how a call to `node` went: an answer (whatever it said) or a failure to get one. A peer that
+    /// has answered nothing for [`RECONNECT_AFTER`] gets a new channel.
+    pub fn note(&self, node: NodeId, address: &str, answered: bool) {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(peer) = channels.get_mut(&(node, address.to_owned())) else { return };
+        if answered {
+            peer.failing_since = None;
+            return;
+        }
+        let since = *peer.failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= RECONNECT_AFTER {
+            tracing::warn!(node, address, secs = since.elapsed().as_secs_f32(), "no answer from a peer: reconnecting");
+            *peer = PeerChannel { channel: self.connect(node, address), failing_since: None };
+        }
+    }
+
+    fn connect(&self, node: NodeId, address: &str) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.tls.ca.clone())
+            .identity(self.tls.identity.clone())
+            .domain_name(node_tls_name(node, &self.tls.region));
+        let endpoint = Endpoint::from_shared(format!("https://{address}"))
+            .and_then(|endpoint| endpoint.tls_config(tls))
+            .unwrap_or_else(|_| Endpoint::from_static("http://invalid.address.invalid:1"))
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2));
+        endpoint.connect_lazy()
     }
 }
 
@@ -148,22 +180,19 @@ impl GroupNetworkFactory {
     }
 }
 
-/// One group's connection to one peer.
+/// One group's connection to one peer, over the node's shared channel to it.
 pub struct GroupConnection {
     group: GroupId,
     target: NodeId,
-    client: RaftTransportClient<Channel>,
+    address: String,
+    peers: Arc<PeerChannels>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &RegionNode) -> GroupConnection {
-        let channel = self.peers.channel(target, &node.address);
-        let client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        GroupConnection { group: self.group, target, client }
+        GroupConnection { group: self.group, target, address: node.address.clone(), peers: self.peers.clone() }
     }
 }
 
@@ -187,11 +216,27 @@ impl GroupConnection {
         let mut message = tonic::Request::new(RaftMessage { group: self.group, payload });
         let ttl = option.hard_ttl();
         message.set_timeout(ttl);
-        let reply = match action {
-            RPCTypes::AppendEntries => self.client.append_entries(message).await,
-            RPCTypes::Vote => self.client.vote(message).await,
-            RPCTypes::InstallSnapshot => self.client.install_snapshot(message).await,
+        // Fetched for every call: the node may have replaced the channel (see `PeerChannels::note`).
+        let mut client = RaftTransportClient::new(self.peers.channel(self.target, &self.address))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let call = async {
+            match action {
+                RPCTypes::AppendEntries => client.append_entries(message).await,
+                RPCTypes::Vote => client.vote(message).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(message).await,
+            }
         };
+        // openraft drops a call that outlives its timeout: noted as unanswered first.
+        let reply = match tokio::time::timeout(ttl * 9 / 10, call).await {
+            Ok(reply) => reply,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer in {ttl:?}"))),
+        };
+        let answered = !matches!(
+            reply.as_ref().map_err(tonic::Status::code),
+            Err(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+        );
+        self.peers.note(self.target, &self.address, answered);
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -250,11 +295,11 @@ impl RaftTransportService {
     }
 
     /// Refuses a vote in a group this node is repairing: it may have forgotten a vote it cast, or entries
-    /// it helped commit.
+    /// it helped commit. (An answer, not an outage: the candidate's channel to this node is fine.)
     fn check_not_recovering(&self, group: GroupId) -> Result<(), Status> {
         let recovering = self.recovering.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&group);
         if recovering {
-            return Err(Status::unavailable(format!(
+            return Err(Status::failed_precondition(format!(
                 "group {group} on this node is being repaired from its leader (damaged storage): it does not vote"
             )));
         }
