@@ -127,6 +127,7 @@ impl Subscriptions {
             damage: self.groups.damage().clone(),
             filter: Arc::new(filter),
             cursor,
+            next_revision: None,
             applied: self.applied.clone(),
             limits: self.limits,
             interval,
@@ -312,6 +313,8 @@ struct Follower {
     filter: Arc<Filter>,
     /// Per followed partition, the offset after the last one examined.
     cursor: BTreeMap<GroupId, u64>,
+    /// A one-stream subscription's next revision, once found: it reads through the stream index.
+    next_revision: Option<u64>,
     applied: watch::Receiver<u64>,
     limits: SubscriptionLimits,
     interval: Duration,
@@ -371,28 +374,50 @@ impl Follower {
     }
 
     /// Reads `partition` from the cursor towards `end`: the matching events (up to the message bytes) and
-    /// the offset after the last record examined.
-    async fn read(&self, partition: GroupId, end: u64) -> Result<(Vec<v1::RecordedEvent>, u64), Status> {
+    /// the offset after the last record examined. A one-stream subscription reads the stream's events only,
+    /// through its index; any other reads the partition's records in order.
+    async fn read(&mut self, partition: GroupId, end: u64) -> Result<(Vec<v1::RecordedEvent>, u64), Status> {
         let log = self.store.partition(partition).map_err(pb::log_error)?.clone();
         let (filter, damage, from) = (self.filter.clone(), self.damage.clone(), self.cursor[&partition]);
-        let message_bytes = self.limits.message_bytes;
-        let read = tokio::task::spawn_blocking(move || {
-            let (mut events, mut bytes, mut next) = (Vec::new(), 0, from);
-            for event in log.read_partition(Offset(from), (end - from).min(RECORDS_PER_READ)) {
-                let event = served(event, partition, &damage)?;
-                next = event.offset.0 + 1;
-                if filter.matches(&event) {
-                    let event = pb::recorded_event(event, partition);
-                    bytes += event.encoded_len();
-                    events.push(event);
-                    if bytes >= message_bytes {
+        let (message_bytes, known_revision) = (self.limits.message_bytes, self.next_revision);
+        let read =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<v1::RecordedEvent>, u64, Option<u64>), Status> {
+                let mut page = Page { events: Vec::new(), bytes: 0, message_bytes };
+                if let Scope::Stream(stream) = &filter.scope {
+                    let revision = match known_revision {
+                        Some(revision) => revision,
+                        None => first_revision_at(&log, stream, from).map_err(pb::log_error)?,
+                    };
+                    let (mut next, mut revision_after) = (end, revision);
+                    let mut examined = 0;
+                    for event in log.read_stream(stream, Revision(revision), Direction::Forward, RECORDS_PER_READ) {
+                        let event = served(event, partition, &damage)?;
+                        if event.offset.0 >= end {
+                            break;
+                        }
+                        examined += 1;
+                        revision_after = event.revision.0 + 1;
+                        let offset = event.offset.0;
+                        if page.add(&filter, event, partition) || examined == RECORDS_PER_READ {
+                            next = offset + 1;
+                            break;
+                        }
+                    }
+                    return Ok((page.events, next, Some(revision_after)));
+                }
+                let mut next = from;
+                for event in log.read_partition(Offset(from), (end - from).min(RECORDS_PER_READ)) {
+                    let event = served(event, partition, &damage)?;
+                    next = event.offset.0 + 1;
+                    if page.add(&filter, event, partition) {
                         break;
                     }
                 }
-            }
-            Ok((events, next))
-        });
-        read.await.map_err(|error| Status::internal(error.to_string()))?
+                Ok((page.events, next, None))
+            });
+        let (events, next, revision) = read.await.map_err(|error| Status::internal(error.to_string()))??;
+        self.next_revision = revision;
+        Ok((events, next))
     }
 
     /// Sends `events` (none: a checkpoint) with the cursor and this node's applied offsets; false if the
@@ -404,6 +429,40 @@ impl Follower {
             v1::SubscribeResponse { events, next_offsets: self.cursor.clone().into_iter().collect(), as_of_offsets };
         sender.send_timeout(Some(Ok(message)), self.limits.idle_timeout).await.is_ok()
     }
+}
+
+/// The events of one message, up to its byte budget.
+struct Page {
+    events: Vec<v1::RecordedEvent>,
+    bytes: usize,
+    message_bytes: usize,
+}
+
+impl Page {
+    /// Adds `event` if `filter` matches it; true once the page is full.
+    fn add(&mut self, filter: &Filter, event: RecordedEvent, partition: GroupId) -> bool {
+        if filter.matches(&event) {
+            let event = pb::recorded_event(event, partition);
+            self.bytes += event.encoded_len();
+            self.events.push(event);
+        }
+        self.bytes >= self.message_bytes
+    }
+}
+
+/// The first revision of `stream` whose event is at `offset` or later (the stream's next revision if there
+/// is none): a binary search of the stream index, one event read per step.
+fn first_revision_at(log: &fjord_log::PartitionLog, stream: &str, offset: u64) -> fjord_log::Result<u64> {
+    let Some(head) = log.stream_head(stream)? else { return Ok(0) };
+    let (mut low, mut high) = (0, head.revision.0 + 1);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match log.read_stream(stream, Revision(middle), Direction::Forward, 1).next().transpose()? {
+            Some(event) if event.offset.0 < offset => low = middle + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(low)
 }
 
 #[cfg(test)]
