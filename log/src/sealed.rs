@@ -485,13 +485,27 @@ impl CatalogReplacement<'_> {
 }
 
 /// Seals `log`'s segments as its applied tail grows, until the partition's watch closes. Sealing runs on the
-/// blocking pool, off the append path; a failure is logged and retried on the next commit.
-pub async fn run_sealer(catalog: Arc<SegmentCatalog>, log: Arc<PartitionLog>) {
+/// blocking pool, off the append path; a failure is logged and retried on the next commit. A stored record
+/// that fails its checksum ([`Error::is_checksum_failure`]) is also handed to `on_damage`, on the blocking
+/// pool (it may write a file).
+pub async fn run_sealer<D>(catalog: Arc<SegmentCatalog>, log: Arc<PartitionLog>, on_damage: D)
+where
+    D: Fn(&Error) + Clone + Send + 'static,
+{
     let mut tail = log.watch_tail();
     let mut seen = *tail.borrow_and_update();
     loop {
-        let (catalog, sealing) = (catalog.clone(), log.clone());
-        match tokio::task::spawn_blocking(move || catalog.seal_ready(&sealing)).await {
+        let (catalog, sealing, on_damage) = (catalog.clone(), log.clone(), on_damage.clone());
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = catalog.seal_ready(&sealing);
+            if let Err(error) = &sealed
+                && error.is_checksum_failure()
+            {
+                on_damage(error);
+            }
+            sealed
+        });
+        match sealed.await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(partition = %log.partition(), %error, "sealing a segment failed"),
             Err(error) => tracing::error!(partition = %log.partition(), %error, "the sealer panicked"),

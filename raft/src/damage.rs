@@ -18,18 +18,28 @@ pub const MARKER_FILE: &str = "damage-found";
 pub struct DamageReports {
     marker: PathBuf,
     found: watch::Sender<Option<String>>,
+    /// Partitions already reported in this run: each is reported once (the sealer retries every commit).
+    reported: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl DamageReports {
     /// Reports for the node whose data dir is `data_dir`.
     pub(crate) fn new(data_dir: &Path) -> Self {
-        DamageReports { marker: data_dir.join(MARKER_FILE), found: watch::Sender::new(None) }
+        DamageReports {
+            marker: data_dir.join(MARKER_FILE),
+            found: watch::Sender::new(None),
+            reported: Default::default(),
+        }
     }
 
     /// Records that `partition`'s stored data was found damaged (`detail` says what and where): logged,
     /// appended to the marker file and fsynced, so the next open repairs the node whatever happens first,
-    /// and published to [`DamageReports::found`]. Blocking (a small write and an fsync).
+    /// and published to [`DamageReports::found`]; once per partition and run. Blocking (a small write and
+    /// an fsync).
     pub fn report(&self, partition: u32, detail: &str) {
+        if !self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(partition) {
+            return;
+        }
         tracing::error!(
             partition,
             %detail,

@@ -173,7 +173,10 @@ impl Groups {
             let schedule =
                 snapshot_schedule::run(group, raft.clone(), log.clone(), snapshot_size, config.snapshot_every_entries);
             tokio::spawn(schedule);
-            sealers.push(tokio::spawn(fjord_log::sealed::run_sealer(storage.segments().clone(), log.clone())));
+            let damage = storage.damage().clone();
+            let on_damage = move |error: &fjord_log::Error| damage.report(group, &format!("sealing: {error}"));
+            let sealer = fjord_log::sealed::run_sealer(storage.segments().clone(), log.clone(), on_damage);
+            sealers.push(tokio::spawn(sealer));
             rafts.push(raft);
             logs.push(log);
         }
