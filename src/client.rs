@@ -5,6 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
+use fjord_client::ClientOptions;
+use fjord_client::EventData;
+use fjord_client::Expected;
 use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
@@ -50,6 +53,15 @@ impl ClientArgs {
                 "no token: pass --token or --token-file, or set FJORD_TOKEN (`fjord dev` prints one; `fjord token` issues them)"
             ),
         })
+    }
+
+    /// A `fjord-client` of `--server` and `also` (more nodes to go on with), retrying for `--timeout-secs`.
+    pub fn fjord_client(&self, also: &[String]) -> anyhow::Result<fjord_client::Client> {
+        let token = self.token()?;
+        let nodes = std::iter::once(self.server.clone()).chain(also.iter().cloned());
+        let timeout = Duration::from_secs(self.timeout_secs);
+        let options = ClientOptions { retry_for: timeout, attempt_timeout: timeout, ..ClientOptions::default() };
+        Ok(fjord_client::Client::with_options(nodes, Some(&token), options)?)
     }
 
     async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
@@ -128,14 +140,27 @@ fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{reason}: {}", status.message())
 }
 
+/// A `fjord-client` failure as the CLI says every failure: the reason, then the message (and the node).
+pub fn client_failed(error: fjord_client::ClientError) -> anyhow::Error {
+    match error {
+        fjord_client::ClientError::Failed { node, code, reason, status, .. } => {
+            let reason = reason.unwrap_or_else(|| format!("{code:?}"));
+            anyhow::anyhow!("{reason}: {} (from {node})", status.message())
+        }
+        other => other.into(),
+    }
+}
+
 impl AppendArgs {
-    /// Appends the event and prints where it landed.
+    /// Appends the event and prints where it landed. Through `fjord-client`: the event gets its id before
+    /// the first attempt, and a transient failure (no leader yet, a timeout) is retried with that id until
+    /// `--timeout-secs`, so a retried append is stored once.
     pub async fn run(self) -> anyhow::Result<()> {
         let expected = match self.expected.as_str() {
-            "any" => v1::expected_revision::Kind::Any(v1::Empty {}),
-            "no-stream" => v1::expected_revision::Kind::NoStream(v1::Empty {}),
-            "exists" => v1::expected_revision::Kind::StreamExists(v1::Empty {}),
-            number => v1::expected_revision::Kind::Exact(
+            "any" => Expected::Any,
+            "no-stream" => Expected::NoStream,
+            "exists" => Expected::StreamExists,
+            number => Expected::Exact(
                 number.parse().with_context(|| format!("--expected {number:?}: any, no-stream, exists or a number"))?,
             ),
         };
@@ -144,19 +169,15 @@ impl AppendArgs {
                 format!("the data is not JSON (say --content-type if it is something else): {}", printable(&self.data))
             })?;
         }
-        let request = v1::AppendRequest {
-            stream: self.stream.clone(),
-            expected: Some(v1::ExpectedRevision { kind: Some(expected) }),
-            events: vec![v1::ProposedEvent {
-                id: uuid::Uuid::now_v7().as_bytes().to_vec(),
-                r#type: self.event_type,
-                content_type: self.content_type,
-                data: self.data.into_bytes(),
-                metadata: Default::default(),
-            }],
+        let event = EventData {
+            id: None,
+            event_type: self.event_type,
+            content_type: self.content_type,
+            data: self.data.into_bytes(),
+            metadata: Default::default(),
         };
-        let mut client = EventStoreClient::new(self.client.channel().await?);
-        let response = client.append(request).await.map_err(failed)?.into_inner();
+        let client = self.client.fjord_client(&[])?;
+        let response = client.append(&self.stream, expected, vec![event]).await.map_err(client_failed)?;
         let position = response.positions.first().copied().unwrap_or_default();
         let mut out = std::io::stdout().lock();
         if self.client.json {

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Context;
-use fjord_client::Client;
-use fjord_client::ClientOptions;
 use fjord_client::Start;
 use fjord_client::v1;
 use serde_json::json;
 
 use crate::client::ClientArgs;
+use crate::client::client_failed;
 use crate::client::printable;
 
 /// Flags of `fjord tail`.
@@ -50,17 +49,11 @@ impl TailArgs {
             category: self.category.clone().unwrap_or_default(),
             event_types: self.types.clone(),
         };
-        let token = self.client.token()?;
-        let nodes = std::iter::once(self.client.server.clone()).chain(self.also.iter().cloned());
-        let options = ClientOptions {
-            retry_for: std::time::Duration::from_secs(self.client.timeout_secs),
-            ..ClientOptions::default()
-        };
-        let client = Client::with_options(nodes, Some(&token), options)?;
+        let client = self.client.fjord_client(&self.also)?;
         let mut subscription = client.subscribe(filter, start);
         loop {
             let delivery = tokio::select! {
-                delivery = subscription.next() => delivery?,
+                delivery = subscription.next() => delivery.map_err(client_failed)?,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             let mut out = std::io::stdout().lock();

@@ -62,9 +62,10 @@ async fn append_read_and_status_from_the_command_line() {
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
     assert_eq!(status["partitions"].as_array().unwrap().len(), 2);
 
-    let (ok, _, err) = fjord(&["append", "--server", "127.0.0.1:1", "s-1", "T", "{}"]);
+    // Nobody there: retried until --timeout-secs, then said where it failed.
+    let (ok, _, err) = fjord(&["append", "--server", "127.0.0.1:1", "--timeout-secs", "1", "s-1", "T", "{}"]);
     assert!(!ok);
-    assert!(err.contains("connecting to 127.0.0.1:1"), "{err}");
+    assert!(err.contains("Unavailable") && err.contains("(from 127.0.0.1:1)"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
