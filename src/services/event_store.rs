@@ -37,6 +37,7 @@ use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::event_store_client;
 use crate::services::routing::forwarded;
+use crate::services::stored::served;
 use crate::services::streaming;
 use crate::services::streaming::Responses;
 use crate::services::subscriptions::SubscriptionLimits;
@@ -170,33 +171,6 @@ where
         events.push(event);
     }
     Ok((events, false))
-}
-
-/// An event read from this node's storage of partition `group`, or the status to end the read with. Stored
-/// data that fails its checksum is `DATA_LOSS` saying where, and is reported to `damage` (the node is
-/// repaired from its peers; see [`DamageReports`]): corrupt bytes are never served. Blocking (a report
-/// writes a file).
-pub fn served(
-    event: fjord_log::Result<RecordedEvent>,
-    group: GroupId,
-    damage: &DamageReports,
-) -> Result<RecordedEvent, Status> {
-    match event {
-        Ok(event) => Ok(event),
-        Err(error) if error.is_checksum_failure() => {
-            let detail = error.to_string();
-            damage.report(group, &detail);
-            Err(pb::status(
-                Code::DataLoss,
-                error.reason(),
-                format!(
-                    "partition {group} on this node: {detail}; this copy is marked for repair from the node's \
-                     peers: read from another node"
-                ),
-            ))
-        }
-        Err(error) => Err(pb::log_error(error)),
-    }
 }
 
 #[tonic::async_trait]

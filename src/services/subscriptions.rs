@@ -37,7 +37,7 @@ use tonic::Status;
 use crate::pb;
 use crate::security::access::authorize;
 use crate::security::tokens::Operation;
-use crate::services::event_store::served;
+use crate::services::stored::served;
 use crate::services::streaming;
 use crate::services::streaming::ResponseSender;
 use crate::services::streaming::Responses;
