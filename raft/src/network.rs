@@ -447,3 +447,42 @@ pub async fn ask_to_campaign(peers: &PeerChannels, node: NodeId, address: &str, 
         .map(|_| ())
         .map_err(|status| format!("node {node} did not campaign: {}", status.message()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn failing_since(peers: &PeerChannels, node: NodeId, address: &str) -> Option<std::time::Instant> {
+        peers.channels.lock().unwrap()[&(node, address.to_owned())].failing_since
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_answers_nothing_for_a_while_gets_a_new_channel() {
+        let tls = PeerTls {
+            ca: Certificate::from_pem("not a certificate"),
+            identity: Identity::from_pem("not a certificate", "not a key"),
+            region: "test".to_owned(),
+        };
+        let peers = PeerChannels::new(tls);
+        let address = "127.0.0.1:1";
+        peers.channel(2, address);
+        // Failures start the clock; any answer stops it.
+        peers.note(2, address, false);
+        let since = failing_since(&peers, 2, address).unwrap();
+        peers.note(2, address, false);
+        assert_eq!(failing_since(&peers, 2, address), Some(since), "the clock runs from the first failure");
+        peers.note(2, address, true);
+        assert_eq!(failing_since(&peers, 2, address), None);
+        // Unanswered for longer than RECONNECT_AFTER: the channel is made anew, its clock stopped.
+        peers.note(2, address, false);
+        peers.channels.lock().unwrap().get_mut(&(2, address.to_owned())).unwrap().failing_since =
+            Some(std::time::Instant::now() - RECONNECT_AFTER);
+        peers.note(2, address, false);
+        assert_eq!(failing_since(&peers, 2, address), None, "replaced");
+        // A peer this node never called is not made up by a note.
+        peers.note(3, address, false);
+        assert!(!peers.channels.lock().unwrap().contains_key(&(3, address.to_owned())));
+    }
+}
