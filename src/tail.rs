@@ -1,5 +1,6 @@
 //! `fjord tail`: a subscription printed as it arrives (through `fjord-client`, which resumes it on another
-//! node when one fails), one line per event — readable by default, JSON with `--json` — until Ctrl-C.
+//! node when one fails), one line per event — readable by default, JSON with `--json` — until Ctrl-C. On a
+//! terminal, stderr says how far a catch-up has to go and when it has gone live.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,11 +52,13 @@ impl TailArgs {
         };
         let client = self.client.fjord_client(&self.also)?;
         let mut subscription = client.subscribe(filter, start);
+        let mut progress = Progress::new();
         loop {
             let delivery = tokio::select! {
                 delivery = subscription.next() => delivery.map_err(client_failed)?,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
+            progress.show(&delivery);
             let mut out = std::io::stdout().lock();
             let printed =
                 delivery.events.iter().try_for_each(|event| self.print(&mut out, event, &delivery.next_offsets));
@@ -98,6 +101,44 @@ impl TailArgs {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Catch-up progress on a terminal's stderr: how many events the subscription still has to look at on the
+/// serving node, every few seconds while it is behind, and once when it has caught up and goes live.
+struct Progress {
+    to_terminal: bool,
+    shown: Option<std::time::Instant>,
+    live: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Progress { to_terminal: std::io::stderr().is_terminal(), shown: None, live: false }
+    }
+
+    fn show(&mut self, delivery: &fjord_client::Delivery) {
+        if !self.to_terminal {
+            return;
+        }
+        let behind: u64 = delivery
+            .as_of_offsets
+            .iter()
+            .map(|(partition, end)| end.saturating_sub(delivery.next_offsets.get(partition).copied().unwrap_or(0)))
+            .sum();
+        if behind == 0 {
+            if !self.live {
+                eprintln!("tail: caught up on {}; following live (Ctrl-C to stop)", delivery.node);
+                self.live = true;
+            }
+            return;
+        }
+        self.live = false;
+        if self.shown.is_none_or(|shown| shown.elapsed() >= std::time::Duration::from_secs(2)) {
+            eprintln!("tail: catching up on {}: {behind} events still to look at", delivery.node);
+            self.shown = Some(std::time::Instant::now());
+        }
     }
 }
 
