@@ -109,13 +109,17 @@ pub struct PeerChannels {
     channels: Mutex<HashMap<(NodeId, String), PeerChannel>>,
 }
 
-/// A peer's channel and since when every call on it has failed.
+/// A peer's channel, since when every call on it has failed, and how often it was replaced since the
+/// peer last answered.
 struct PeerChannel {
     channel: Channel,
     failing_since: Option<std::time::Instant>,
+    replaced: u32,
 }
 
-/// How long every call to a peer must have failed before its channel is replaced.
+/// How long every call to a peer must have failed before its channel is replaced; each replacement
+/// without an answer since doubles it, up to 16 times (a peer that is slow to accept, not gone, must not
+/// have every connection attempt cut short).
 pub const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
 impl PeerChannels {
@@ -130,7 +134,7 @@ impl PeerChannels {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         channels
             .entry((node, address.to_owned()))
-            .or_insert_with(|| PeerChannel { channel: self.connect(node, address), failing_since: None })
+            .or_insert_with(|| PeerChannel { channel: self.connect(node, address), failing_since: None, replaced: 0 })
             .channel
             .clone()
     }
@@ -142,12 +146,14 @@ impl PeerChannels {
         let Some(peer) = channels.get_mut(&(node, address.to_owned())) else { return };
         if answered {
             peer.failing_since = None;
+            peer.replaced = 0;
             return;
         }
         let since = *peer.failing_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() >= RECONNECT_AFTER {
+        if since.elapsed() >= RECONNECT_AFTER * (1 << peer.replaced.min(4)) {
             tracing::warn!(node, address, secs = since.elapsed().as_secs_f32(), "no answer from a peer: reconnecting");
-            *peer = PeerChannel { channel: self.connect(node, address), failing_since: None };
+            let replaced = peer.replaced + 1;
+            *peer = PeerChannel { channel: self.connect(node, address), failing_since: None, replaced };
         }
     }
 
@@ -481,6 +487,12 @@ mod tests {
             Some(std::time::Instant::now() - RECONNECT_AFTER);
         peers.note(2, address, false);
         assert_eq!(failing_since(&peers, 2, address), None, "replaced");
+        // Replaced again only after twice as long without an answer.
+        peers.note(2, address, false);
+        peers.channels.lock().unwrap().get_mut(&(2, address.to_owned())).unwrap().failing_since =
+            Some(std::time::Instant::now() - RECONNECT_AFTER);
+        peers.note(2, address, false);
+        assert!(failing_since(&peers, 2, address).is_some(), "not yet");
         // A peer this node never called is not made up by a note.
         peers.note(3, address, false);
         assert!(!peers.channels.lock().unwrap().contains_key(&(3, address.to_owned())));
