@@ -318,6 +318,16 @@ impl TestRegion {
         }
     }
 
+    /// The sum over node `id`'s partitions of the Raft index it has applied, if it answers.
+    pub(crate) async fn applied_index(&self, id: u64) -> Option<u64> {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(2), async {
+            node.cluster().await.status(v1::StatusRequest {}).await
+        });
+        let status = status.await.ok()?.ok()?.into_inner();
+        Some(status.partitions.iter().map(|p| p.applied_index).sum())
+    }
+
     /// Whether node `id` answers a status request.
     pub(crate) async fn node_answers(&self, id: u64) -> bool {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();

@@ -224,10 +224,21 @@ async fn corrupt_a_node(region: &mut TestRegion, schedule: &mut Schedule, outage
     blocking(|| region.node(victim).restart());
     let Some((kind, file)) = target else { return };
     *region.corruptions.injected.entry(kind).or_default() += 1;
-    // Found damage is repaired before the next fault; damage must be found but in a write-ahead log.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Found damage is repaired before the next fault; damage must be found but in a write-ahead log. A
+    // repair copies the whole partition back, so it takes as long as the run has made it: the run fails
+    // only if the node makes no progress (its applied index) for a minute.
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut applied, mut looked) = (0, tokio::time::Instant::now());
     let mut quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
+        if looked.elapsed() >= Duration::from_secs(2) {
+            looked = tokio::time::Instant::now();
+            if let Some(now) = region.applied_index(victim).await
+                && now > applied
+            {
+                (applied, deadline) = (now, tokio::time::Instant::now() + Duration::from_secs(60));
+            }
+        }
         let (damaged, repaired) = damage_counts(&region.node(victim).log());
         if damaged > damaged_before && repaired >= repaired_before + region.partitions as usize {
             region.corruptions.detected += 1;
@@ -256,7 +267,10 @@ async fn corrupt_a_node(region: &mut TestRegion, schedule: &mut Schedule, outage
         if tokio::time::Instant::now() >= deadline {
             let logs: Vec<String> =
                 region.nodes.iter().map(|node| format!("== node {}\n{}", node.id, tail(&node.log(), 60))).collect();
-            panic!("node {victim} found damage and was not repaired; the nodes' logs end:\n{}", logs.join("\n"));
+            panic!(
+                "node {victim} found damage and its repair made no progress for 60 s; the nodes' logs end:\n{}",
+                logs.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
