@@ -82,7 +82,7 @@ impl EventStoreService {
         subscription_limits: SubscriptionLimits,
     ) -> Self {
         let read_streams = Arc::new(Semaphore::new(limits.max_streams));
-        let subscriptions = Subscriptions::new(router.groups().clone(), subscription_limits);
+        let subscriptions = Subscriptions::new(router.clone(), subscription_limits);
         EventStoreService { router, store, region, limits, read_streams, subscriptions }
     }
 

@@ -21,6 +21,7 @@ use fjord_log::Direction;
 use fjord_log::Limits;
 use fjord_log::LogStore;
 use fjord_log::Offset;
+use fjord_log::ReadBarrier;
 use fjord_log::RecordedEvent;
 use fjord_log::Revision;
 use fjord_proto::v1;
@@ -37,6 +38,10 @@ use tonic::Status;
 use crate::pb;
 use crate::security::access::authorize;
 use crate::security::tokens::Operation;
+use crate::services::routing::Leader;
+use crate::services::routing::Router;
+use crate::services::routing::event_store_client;
+use crate::services::routing::forwarded;
 use crate::services::stored::served;
 use crate::services::streaming;
 use crate::services::streaming::ResponseSender;
@@ -68,6 +73,7 @@ pub struct SubscriptionLimits {
 
 /// The subscriptions of one node.
 pub struct Subscriptions {
+    router: Router,
     groups: Arc<Groups>,
     store: Arc<LogStore>,
     applied: watch::Receiver<u64>,
@@ -78,7 +84,8 @@ pub struct Subscriptions {
 impl Subscriptions {
     /// Subscriptions over `groups`' partitions, bounded by `limits`. Starts a task per partition that
     /// forwards its applied-tail changes to one node-wide signal every subscription waits on.
-    pub fn new(groups: Arc<Groups>, limits: SubscriptionLimits) -> Self {
+    pub fn new(router: Router, limits: SubscriptionLimits) -> Self {
+        let groups = router.groups().clone();
         let store = groups.log_store().clone();
         let (signal, applied) = watch::channel(0u64);
         let signal = Arc::new(signal);
@@ -91,7 +98,7 @@ impl Subscriptions {
             });
         }
         let slots = Arc::new(Semaphore::new(limits.max_subscriptions));
-        Subscriptions { groups, store, applied, limits, slots }
+        Subscriptions { router, groups, store, applied, limits, slots }
     }
 
     /// Starts the subscription `request` asks for, after checking it (filter, start, grant): its messages.
@@ -144,11 +151,17 @@ impl Subscriptions {
         partitions: &[GroupId],
     ) -> Result<BTreeMap<GroupId, u64>, Status> {
         use v1::subscribe_request::Start;
-        let applied = |partition: GroupId| self.store.partition(partition).map_or(0, |log| log.next_offset().0);
         match start {
             None => Err(invalid_start("say where to start: from_beginning, from_end, from_offsets or from_revision")),
             Some(Start::FromBeginning(_)) => Ok(partitions.iter().map(|&p| (p, 0)).collect()),
-            Some(Start::FromEnd(_)) => Ok(partitions.iter().map(|&p| (p, applied(p))).collect()),
+            Some(Start::FromEnd(_)) => {
+                let mut cursor = BTreeMap::new();
+                for &partition in partitions {
+                    cursor.insert(partition, self.committed_end(partition).await?);
+                }
+                self.wait_until_applied(&cursor).await?;
+                Ok(cursor)
+            }
             Some(Start::FromOffsets(given)) => {
                 let count = self.store.partition_count();
                 if let Some(unknown) = given.offsets.keys().find(|p| **p >= count) {
@@ -166,6 +179,32 @@ impl Subscriptions {
                 let partition = self.groups.group_of(stream);
                 let offset = self.offset_of_revision(partition, stream, revision).await?;
                 Ok(BTreeMap::from([(partition, offset)]))
+            }
+        }
+    }
+
+    /// Where `partition` ends as its leader has it once it has confirmed it still leads (a linearizable
+    /// read of its applied end): every event acknowledged before the subscription started lies below it,
+    /// wherever the subscription is served.
+    async fn committed_end(&self, partition: GroupId) -> Result<u64, Status> {
+        match self.router.leader(partition, &tonic::metadata::MetadataMap::new()).await? {
+            Leader::Local => {
+                self.groups.wait_readable(partition).await.map_err(pb::barrier_error)?;
+                Ok(self.store.partition(partition).map_err(pb::log_error)?.next_offset().0)
+            }
+            Leader::Remote(channel) => {
+                let request = v1::ReadPartitionRequest {
+                    partition,
+                    from_offset: u64::MAX,
+                    limit: 1,
+                    consistency: v1::ReadConsistency::Linearizable as i32,
+                };
+                let mut pages = event_store_client(channel).read_partition(forwarded(request)).await?.into_inner();
+                let mut end = 0;
+                while let Some(page) = pages.message().await? {
+                    end = end.max(page.as_of_offset);
+                }
+                Ok(end)
             }
         }
     }
