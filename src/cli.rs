@@ -46,6 +46,8 @@ pub enum Command {
     Status(crate::client::StatusArgs),
     /// Print the events of a running region as they are committed (history first), until Ctrl-C.
     Tail(crate::tail::TailArgs),
+    /// Manage and consume named subscriptions (consumer groups) of a running region.
+    Subscription(crate::subscription::SubscriptionArgs),
     /// Make a region's security dir: its CA, node certificates, token key and an admin token.
     Certs(CertsArgs),
     /// Issue a bearer token signed with a security dir's token key.
@@ -170,6 +172,7 @@ fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Read(args) => runtime.block_on(args.run()),
         Command::Status(args) => runtime.block_on(args.run()),
         Command::Tail(args) => runtime.block_on(args.run()),
+        Command::Subscription(args) => runtime.block_on(args.run()),
         Command::Certs(args) => make_certs(&args),
         Command::Token(args) => issue_token(&args),
     }

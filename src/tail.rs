@@ -22,6 +22,17 @@ pub struct TailArgs {
     /// More nodes of the region (`host:port,…`), to go on from when `--server` fails.
     #[arg(long, value_delimiter = ',')]
     also: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Where to start: `start`, `end`, `revision:N` (with --stream), or per partition `P:OFFSET,…` (a
+    /// position a JSON line printed).
+    #[arg(long, default_value = "start")]
+    from: String,
+}
+
+/// Which events a subscription takes: the flags `fjord tail` and `fjord subscription create` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
     /// Only this stream.
     #[arg(long, group = "scope")]
     stream: Option<String>,
@@ -34,24 +45,26 @@ pub struct TailArgs {
     /// Only events of this type (repeat for more).
     #[arg(long = "type")]
     types: Vec<String>,
-    /// Where to start: `start`, `end`, `revision:N` (with --stream), or per partition `P:OFFSET,…` (a
-    /// position a JSON line printed).
-    #[arg(long, default_value = "start")]
-    from: String,
+}
+
+impl FilterArgs {
+    /// The filter as the API carries it.
+    pub fn to_wire(&self) -> v1::SubscriptionFilter {
+        v1::SubscriptionFilter {
+            stream: self.stream.clone().unwrap_or_default(),
+            stream_prefix: self.prefix.clone().unwrap_or_default(),
+            category: self.category.clone().unwrap_or_default(),
+            event_types: self.types.clone(),
+        }
+    }
 }
 
 impl TailArgs {
     /// Prints events until Ctrl-C, or until the region cannot be reached for the client's retry time.
     pub async fn run(self) -> anyhow::Result<()> {
         let start = parse_start(&self.from)?;
-        let filter = v1::SubscriptionFilter {
-            stream: self.stream.clone().unwrap_or_default(),
-            stream_prefix: self.prefix.clone().unwrap_or_default(),
-            category: self.category.clone().unwrap_or_default(),
-            event_types: self.types.clone(),
-        };
         let client = self.client.fjord_client(&self.also)?;
-        let mut subscription = client.subscribe(filter, start);
+        let mut subscription = client.subscribe(self.filter.to_wire(), start);
         let mut progress = Progress::new();
         loop {
             let delivery = tokio::select! {
@@ -89,19 +102,24 @@ impl TailArgs {
                 "timestamp_micros": event.timestamp_micros, "resume_from": resume.join(",")});
             writeln!(out, "{line}")?;
         } else {
-            writeln!(
-                out,
-                "{}/{}  {}@{}  {}  {}",
-                position.partition,
-                position.offset,
-                printable(&event.stream),
-                position.revision,
-                printable(&event.r#type),
-                printable(&data)
-            )?;
+            writeln!(out, "{}", readable_line(event))?;
         }
         Ok(())
     }
+}
+
+/// An event as one readable line: `partition/offset  stream@revision  type  data`.
+pub fn readable_line(event: &v1::RecordedEvent) -> String {
+    let position = event.position.unwrap_or_default();
+    format!(
+        "{}/{}  {}@{}  {}  {}",
+        position.partition,
+        position.offset,
+        printable(&event.stream),
+        position.revision,
+        printable(&event.r#type),
+        printable(&String::from_utf8_lossy(&event.data))
+    )
 }
 
 /// Catch-up progress on a terminal's stderr: how many events the subscription still has to look at on the

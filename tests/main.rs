@@ -25,6 +25,8 @@ mod grpc_tools;
 mod history_checker;
 #[path = "suite/membership.rs"]
 mod membership;
+#[path = "suite/named_subscriptions.rs"]
+mod named_subscriptions;
 #[path = "suite/overload.rs"]
 mod overload;
 #[path = "suite/planted_bugs.rs"]

@@ -7,7 +7,10 @@
 //! - [`Client::read_stream`] reads a stream, retrying the same way (a read changes nothing);
 //! - [`Client::subscribe`] follows the log from a start point ([`Start`]), history then live, and survives
 //!   the node it reads from: it resubscribes on another node from the last position it delivered, with no
-//!   gap and no duplicate (positions are the same on every replica).
+//!   gap and no duplicate (positions are the same on every replica);
+//! - [`Client::create_subscription`] and [`Client::consume`] share a named subscription's events among
+//!   consumers that acknowledge them (at least once; see [`Consumer`]), with the rest of its management
+//!   beside them.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), fjord_client::ClientError> {
@@ -27,12 +30,14 @@
 //! # }
 //! ```
 
+mod consumer;
 mod error;
 mod nodes;
 mod subscription;
 
 use std::time::Duration;
 
+pub use consumer::Consumer;
 pub use error::ClientError;
 pub use fjord_proto::v1;
 use fjord_proto::v1::event_store_client::EventStoreClient;
@@ -182,6 +187,74 @@ impl Client {
     /// Follows the events `filter` matches from `start`; see [`Subscription`].
     pub fn subscribe(&self, filter: v1::SubscriptionFilter, start: Start) -> Subscription {
         Subscription::new(self.nodes.clone(), self.options, filter, start)
+    }
+
+    /// Creates the named subscription `request` describes (a retry of one already made is answered with
+    /// it; another definition under the name is refused with `ALREADY_EXISTS`).
+    pub async fn create_subscription(
+        &self,
+        request: v1::CreateSubscriptionRequest,
+    ) -> Result<v1::SubscriptionInfo, ClientError> {
+        self.retrying("create subscription", |mut store| {
+            let request = request.clone();
+            async move { store.create_subscription(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Every named subscription the token may consume.
+    pub async fn list_subscriptions(&self) -> Result<Vec<v1::SubscriptionInfo>, ClientError> {
+        self.retrying("list subscriptions", |mut store| async move {
+            let listed = store.list_subscriptions(v1::ListSubscriptionsRequest {}).await?;
+            Ok(listed.into_inner().subscriptions)
+        })
+        .await
+    }
+
+    /// The named subscription `name`: definition, checkpoint, consumers.
+    pub async fn describe_subscription(&self, name: &str) -> Result<v1::SubscriptionInfo, ClientError> {
+        let request = v1::SubscriptionRequest { name: name.to_owned() };
+        self.retrying("describe subscription", |mut store| {
+            let request = request.clone();
+            async move { store.describe_subscription(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Deletes the named subscription `name` (its consumers are ended).
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), ClientError> {
+        let request = v1::SubscriptionRequest { name: name.to_owned() };
+        self.retrying("delete subscription", |mut store| {
+            let request = request.clone();
+            async move { store.delete_subscription(request).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// The events `name` parked, oldest first (at most `limit`, 0: the server's most), and how many in all.
+    pub async fn list_parked(&self, name: &str, limit: u32) -> Result<v1::ListParkedResponse, ClientError> {
+        let request = v1::ListParkedRequest { name: name.to_owned(), limit };
+        self.retrying("list parked", |mut store| {
+            let request = request.clone();
+            async move { store.list_parked(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Delivers every event `name` parked again; how many.
+    pub async fn replay_parked(&self, name: &str) -> Result<u64, ClientError> {
+        let request = v1::SubscriptionRequest { name: name.to_owned() };
+        self.retrying("replay parked", |mut store| {
+            let request = request.clone();
+            async move { store.replay_parked(request).await.map(|replayed| replayed.into_inner().replayed) }
+        })
+        .await
+    }
+
+    /// Consumes the named subscription `name` as `consumer` (a name shown by describe; empty: the server
+    /// makes one up); see [`Consumer`].
+    pub fn consume(&self, name: &str, consumer: &str) -> Consumer {
+        Consumer::new(self.nodes.clone(), self.options, name, consumer)
     }
 
     /// Runs `attempt` on one node after another until it succeeds, fails for good, or

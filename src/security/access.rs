@@ -48,6 +48,11 @@ pub fn authorize<T>(request: &Request<T>, operation: Operation, stream: Option<&
     }
 }
 
+/// Whether the request came from another node of the region (over the node plane's mutual TLS).
+pub fn is_peer<T>(request: &Request<T>) -> bool {
+    matches!(request.extensions().get::<Caller>(), Some(Caller::Peer(_)))
+}
+
 fn unauthenticated(message: String) -> Status {
     status(Code::Unauthenticated, "UNAUTHENTICATED", message)
 }

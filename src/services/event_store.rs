@@ -32,7 +32,10 @@ use tonic::Status;
 
 use crate::pb;
 use crate::security::access::authorize;
+use crate::security::access::is_peer;
 use crate::security::tokens::Operation;
+use crate::services::named::ConsumeStream;
+use crate::services::named::NamedSubscriptions;
 use crate::services::routing::Leader;
 use crate::services::routing::Router;
 use crate::services::routing::event_store_client;
@@ -68,7 +71,8 @@ pub struct EventStoreService {
     region: String,
     limits: ReadLimits,
     read_streams: Arc<Semaphore>,
-    subscriptions: Subscriptions,
+    subscriptions: Arc<Subscriptions>,
+    named: NamedSubscriptions,
 }
 
 impl EventStoreService {
@@ -82,8 +86,9 @@ impl EventStoreService {
         subscription_limits: SubscriptionLimits,
     ) -> Self {
         let read_streams = Arc::new(Semaphore::new(limits.max_streams));
-        let subscriptions = Subscriptions::new(router.clone(), subscription_limits);
-        EventStoreService { router, store, region, limits, read_streams, subscriptions }
+        let subscriptions = Arc::new(Subscriptions::new(router.clone(), subscription_limits));
+        let named = NamedSubscriptions::new(router.clone(), subscriptions.clone(), subscription_limits.message_bytes);
+        EventStoreService { router, store, region, limits, read_streams, subscriptions, named }
     }
 
     /// Makes a linearizable read of `group` possible here, or says which leader must serve it.
@@ -178,6 +183,7 @@ impl EventStore for EventStoreService {
     type ReadStreamStream = ReadStream;
     type ReadPartitionStream = ReadStream;
     type SubscribeStream = Responses<v1::SubscribeResponse>;
+    type ConsumeStream = ConsumeStream;
 
     async fn subscribe(
         &self,
@@ -186,8 +192,66 @@ impl EventStore for EventStoreService {
         Ok(Response::new(self.subscriptions.start(request).await?))
     }
 
+    async fn create_subscription(
+        &self,
+        request: Request<v1::CreateSubscriptionRequest>,
+    ) -> Result<Response<v1::SubscriptionInfo>, Status> {
+        Ok(Response::new(self.named.create(request).await?))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<v1::ListSubscriptionsRequest>,
+    ) -> Result<Response<v1::ListSubscriptionsResponse>, Status> {
+        Ok(Response::new(self.named.list(request).await?))
+    }
+
+    async fn describe_subscription(
+        &self,
+        request: Request<v1::SubscriptionRequest>,
+    ) -> Result<Response<v1::SubscriptionInfo>, Status> {
+        Ok(Response::new(self.named.describe(request).await?))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<v1::SubscriptionRequest>,
+    ) -> Result<Response<v1::DeleteSubscriptionResponse>, Status> {
+        Ok(Response::new(self.named.delete(request).await?))
+    }
+
+    async fn list_parked(
+        &self,
+        request: Request<v1::ListParkedRequest>,
+    ) -> Result<Response<v1::ListParkedResponse>, Status> {
+        Ok(Response::new(self.named.list_parked(request).await?))
+    }
+
+    async fn replay_parked(
+        &self,
+        request: Request<v1::SubscriptionRequest>,
+    ) -> Result<Response<v1::ReplayParkedResponse>, Status> {
+        Ok(Response::new(self.named.replay_parked(request).await?))
+    }
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<v1::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        Ok(Response::new(self.named.consume(request).await?))
+    }
+
     async fn append(&self, request: Request<v1::AppendRequest>) -> Result<Response<v1::AppendResponse>, Status> {
         authorize(&request, Operation::Append, Some(&request.get_ref().stream))?;
+        // The region's own streams (`$…`) are written by the region alone: a node forwarding its own append
+        // is a peer.
+        if request.get_ref().stream.starts_with('$') && !is_peer(&request) {
+            return Err(pb::status(
+                Code::InvalidArgument,
+                "RESERVED_STREAM",
+                format!("stream {:?}: names starting with '$' are the region's own", request.get_ref().stream),
+            ));
+        }
         let (metadata, _, wire) = request.into_parts();
         let groups = self.router.groups();
         // Counted before anything is converted: a request of millions of empty events costs nothing more.

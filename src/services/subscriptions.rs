@@ -109,15 +109,35 @@ impl Subscriptions {
         let filter = Filter::parse(request.get_ref().filter.clone().unwrap_or_default(), self.groups.limits())?;
         authorize(&request, Operation::Subscribe, filter.scope_name())?;
         let request = request.into_inner();
-        let partitions = match &filter.scope {
-            Scope::Stream(stream) => vec![self.groups.group_of(stream)],
-            _ => (0..self.store.partition_count()).collect(),
-        };
+        let partitions = self.partitions_of(&filter);
         let interval = match request.checkpoint_interval_ms {
             0 => DEFAULT_CHECKPOINT,
             ms => Duration::from_millis(ms.into()).clamp(MIN_CHECKPOINT, MAX_CHECKPOINT),
         };
         let cursor = self.start_cursor(request.start, &filter, &partitions).await?;
+        self.spawn_follower(filter, cursor, interval)
+    }
+
+    /// Follows the events `filter` matches from `cursor` for the node itself (a named subscription's
+    /// coordinator, which checked the filter and the caller when the subscription was made). It takes a
+    /// place among the node's subscriptions like any other.
+    pub async fn follow(
+        &self,
+        filter: v1::SubscriptionFilter,
+        cursor: BTreeMap<GroupId, u64>,
+    ) -> Result<Responses<v1::SubscribeResponse>, Status> {
+        let filter = Filter::parse(filter, self.groups.limits())?;
+        self.wait_until_applied(&cursor).await?;
+        self.spawn_follower(filter, cursor, DEFAULT_CHECKPOINT)
+    }
+
+    /// Starts the task that moves `cursor` and sends what `filter` matches.
+    fn spawn_follower(
+        &self,
+        filter: Filter,
+        cursor: BTreeMap<GroupId, u64>,
+        interval: Duration,
+    ) -> Result<Responses<v1::SubscribeResponse>, Status> {
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
             pb::status(
                 Code::ResourceExhausted,
@@ -186,7 +206,7 @@ impl Subscriptions {
     /// Where `partition` ends as its leader has it once it has confirmed it still leads (a linearizable
     /// read of its applied end): every event acknowledged before the subscription started lies below it,
     /// wherever the subscription is served.
-    async fn committed_end(&self, partition: GroupId) -> Result<u64, Status> {
+    pub async fn committed_end(&self, partition: GroupId) -> Result<u64, Status> {
         match self.router.leader(partition, &tonic::metadata::MetadataMap::new()).await? {
             Leader::Local => {
                 self.groups.wait_readable(partition).await.map_err(pb::barrier_error)?;
@@ -206,6 +226,21 @@ impl Subscriptions {
                 }
                 Ok(end)
             }
+        }
+    }
+
+    /// Checks a filter as a client sent it; the partitions it follows, and the stream (or name prefix) a
+    /// token must grant `subscribe` on (`None`: every stream).
+    pub fn check_filter(&self, filter: v1::SubscriptionFilter) -> Result<(Vec<GroupId>, Option<String>), Status> {
+        let filter = Filter::parse(filter, self.groups.limits())?;
+        Ok((self.partitions_of(&filter), filter.scope_name().map(str::to_owned)))
+    }
+
+    /// The partitions `filter` follows: its stream's, or all.
+    fn partitions_of(&self, filter: &Filter) -> Vec<GroupId> {
+        match &filter.scope {
+            Scope::Stream(stream) => vec![self.groups.group_of(stream)],
+            _ => (0..self.store.partition_count()).collect(),
         }
     }
 
@@ -334,9 +369,11 @@ impl Filter {
         }
     }
 
+    /// Whether the filter takes `event`. The whole log (no scope) leaves out the region's own streams (`$…`:
+    /// named subscriptions' records), which a filter naming them still gets.
     fn matches(&self, event: &RecordedEvent) -> bool {
         let in_scope = match &self.scope {
-            Scope::All => true,
+            Scope::All => !event.stream.starts_with('$'),
             Scope::Stream(stream) => event.stream == *stream,
             Scope::Prefix(prefix) => event.stream.starts_with(prefix.as_str()),
             Scope::Category(category) => event.stream.split('-').next() == Some(category.as_str()),
@@ -562,5 +599,7 @@ mod tests {
         let stream = filter("order-1", "", "", &[]).unwrap();
         assert!(stream.matches(&event("order-1", "x")) && !stream.matches(&event("order-17", "x")));
         assert!(filter("", "", "", &[]).unwrap().matches(&event("anything", "x")));
+        assert!(!filter("", "", "", &[]).unwrap().matches(&event("$subscription-billing", "x")));
+        assert!(filter("", "$subscription-", "", &[]).unwrap().matches(&event("$subscription-billing", "x")));
     }
 }

@@ -17,7 +17,7 @@ use fjord_proto::v1;
 use crate::common::TestRegion;
 
 /// A client of every node of `region` with its admin token, trying node number `first` first.
-fn client_of(region: &TestRegion, first: usize) -> Client {
+pub(crate) fn client_of(region: &TestRegion, first: usize) -> Client {
     let mut addresses: Vec<String> = region.nodes.iter().map(|node| node.address.clone()).collect();
     let first = first % addresses.len();
     addresses.rotate_left(first);
