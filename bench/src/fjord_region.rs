@@ -20,6 +20,9 @@ use crate::target::TargetArgs;
 pub(crate) struct FjordRegion {
     children: Vec<Child>,
     channels: Vec<NodeChannel>,
+    /// The nodes' public addresses and the admin token, for `fjord-client`.
+    addresses: Vec<String>,
+    token: String,
     /// The nodes' data, removed when the region is dropped (after its processes are killed).
     _data: TempDir,
 }
@@ -48,7 +51,10 @@ impl FjordRegion {
         let token = spec.make_credentials(&args.fjord, &ids)?;
         let nodes = spec.nodes(&launcher::loopback_addresses(&ids));
         let env = [("FJORD_LOG".to_owned(), "error".to_owned())];
-        let mut region = FjordRegion { children: Vec::new(), channels: Vec::new(), _data: data };
+        let addresses = nodes.iter().map(|node| node.address.clone()).collect();
+        let admin_token = std::fs::read_to_string(spec.security_dir().join("admin.token"))?.trim().to_owned();
+        let mut region =
+            FjordRegion { children: Vec::new(), channels: Vec::new(), addresses, token: admin_token, _data: data };
         for node in &nodes {
             let child = node
                 .spawn(|| node.command(&args.fjord, &env))
@@ -80,6 +86,14 @@ impl FjordRegion {
         };
         client.append(request).await?;
         Ok(())
+    }
+
+    /// A `fjord-client` of the region that tries node `first` first.
+    pub(crate) fn client(&self, first: usize) -> anyhow::Result<fjord_client::Client> {
+        let mut addresses = self.addresses.clone();
+        let turn = first % addresses.len().max(1);
+        addresses.rotate_left(turn);
+        Ok(fjord_client::Client::new(addresses, Some(&self.token))?)
     }
 
     /// The server processes.

@@ -8,6 +8,7 @@
 mod append;
 mod disk;
 mod fjord_region;
+mod follow;
 mod load;
 mod log_append;
 mod peers;
@@ -40,6 +41,10 @@ enum Workload {
     AppendThroughput(append::SweepArgs),
     /// The throughput sweep with client-side batches (100 events per append by default).
     AppendBatch(append::BatchArgs),
+    /// Preloads events, then one subscriber replays them all from the beginning (NATS: an ordered consumer).
+    Replay(follow::ReplayArgs),
+    /// Append-acknowledged-to-delivered latency for 1 and 100 subscribers at half the region's maximum load.
+    Live(follow::LiveArgs),
     /// Turns the JSON results of a run into bench/RESULTS.md's tables, with Fjord/peer ratios.
     Report(report::ReportArgs),
 }
@@ -52,6 +57,8 @@ fn main() -> ExitCode {
         Workload::AppendLatency(args) => append::latency(&args),
         Workload::AppendThroughput(args) => append::throughput(&args),
         Workload::AppendBatch(args) => append::batch(&args),
+        Workload::Replay(args) => follow::replay(&args),
+        Workload::Live(args) => follow::live(&args),
         Workload::Report(args) => report::run(&args),
     };
     match result {

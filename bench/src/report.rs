@@ -42,6 +42,7 @@ pub(crate) fn run(args: &ReportArgs) -> anyhow::Result<()> {
         sweep_section(&mut out, &results, workload, title)?;
     }
     single_node_section(&mut out, &results)?;
+    follow_section(&mut out, &results)?;
     failed_section(&mut out, &results)?;
     if let Some(notes) = &args.notes {
         out += "\n";
@@ -294,6 +295,64 @@ fn single_node_section(out: &mut String, results: &[Value]) -> anyhow::Result<()
             r["partitions"],
             f(&r["events_per_sec"]) / limit
         )?;
+    }
+    Ok(())
+}
+
+/// `replay` (Fjord against NATS's ordered consumer) and `live` (delivery latency under load).
+fn follow_section(out: &mut String, results: &[Value]) -> anyhow::Result<()> {
+    let replays: Vec<&Value> = of(results, "replay").collect();
+    if !replays.is_empty() {
+        writeln!(out, "\n## Replay: one subscriber reads preloaded events from the beginning (`replay`)\n")?;
+        writeln!(out, "Fjord: `fjord-client` `subscribe` on every partition; NATS JetStream: an ordered consumer.\n")?;
+        writeln!(out, "| system | events | event | seconds | events/s | MB/s | server CPU-s per M events |")?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
+        for r in &replays {
+            writeln!(
+                out,
+                "| {} | {} | {} B | {:.2} | {} | {:.1} | {:.1} |",
+                system(r),
+                thousands(f(&r["events"])),
+                r["event_size"],
+                f(&r["seconds"]),
+                thousands(f(&r["events_per_sec"])),
+                f(&r["mb_per_sec"]),
+                f(&r["cpu_seconds_per_million_events"]["servers"]),
+            )?;
+        }
+        let rate = |name: &str| replays.iter().find(|r| r["system"] == name).map(|r| f(&r["events_per_sec"]));
+        if let (Some(fjord), Some(nats)) = (rate("fjord"), rate("nats")) {
+            writeln!(out, "\nFjord / NATS replay, same run: **{:.2}x**", fjord / nats.max(1.0))?;
+        }
+    }
+    let live: Vec<&Value> = of(results, "live").collect();
+    if !live.is_empty() {
+        writeln!(out, "\n## Live delivery at half the maximum append load (`live`)\n")?;
+        writeln!(
+            out,
+            "Latency from an append's acknowledgement reaching its writer to the event's delivery to each subscriber \
+             (a delivery that beats the acknowledgement counts as 0).\n"
+        )?;
+        writeln!(
+            out,
+            "| system | subscribers | offered appends/s (max) | deliveries | p50 | p99 | p99.9 | server CPU-s per M deliveries |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+        for r in &live {
+            writeln!(
+                out,
+                "| {} | {} | {} ({}) | {} | {} | {} | {} | {:.1} |",
+                system(r),
+                r["subscribers"],
+                thousands(f(&r["offered_appends_per_sec"])),
+                thousands(f(&r["max_appends_per_sec"])),
+                thousands(f(&r["delivered"])),
+                ms(&r["latency"]["p50_us"]),
+                ms(&r["latency"]["p99_us"]),
+                ms(&r["latency"]["p999_us"]),
+                f(&r["cpu_seconds_per_million_deliveries"]["servers"]),
+            )?;
+        }
     }
     Ok(())
 }

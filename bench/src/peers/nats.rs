@@ -45,4 +45,22 @@ impl Nats {
         }
         Ok(())
     }
+
+    /// Reads the whole stream once, in order, through an ordered consumer (the client recreates it should
+    /// it miss a message), until `count` messages came; how many bytes of payload they held.
+    pub(crate) async fn replay(&self, count: u64) -> anyhow::Result<u64> {
+        use async_nats::jetstream::consumer;
+        use tokio_stream::StreamExt;
+        let context = self.contexts.first().ok_or_else(|| anyhow::anyhow!("no NATS server"))?;
+        let stream = context.get_stream("BENCH").await?;
+        let ordered = consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::All, ..Default::default() };
+        let mut messages = stream.create_consumer(ordered).await?.messages().await?;
+        let (mut received, mut bytes) = (0, 0);
+        while received < count {
+            let message = messages.next().await.ok_or_else(|| anyhow::anyhow!("the ordered consumer ended"))??;
+            bytes += message.payload.len() as u64;
+            received += 1;
+        }
+        Ok(bytes)
+    }
 }
