@@ -69,7 +69,7 @@ impl FjordRegion {
 
     /// Appends `events` to stream `bench-<writer>` through node `writer mod n`.
     pub(crate) async fn append(&self, writer: usize, events: &[Vec<u8>]) -> anyhow::Result<()> {
-        let mut client = EventStoreClient::new(self.channels[writer % self.channels.len()].clone());
+        let mut client = self.store(writer);
         let request = v1::AppendRequest {
             stream: format!("bench-{writer}"),
             expected: None,
@@ -94,6 +94,11 @@ impl FjordRegion {
         let turn = first % addresses.len().max(1);
         addresses.rotate_left(turn);
         Ok(fjord_client::Client::new(addresses, Some(&self.token))?)
+    }
+
+    /// A raw `EventStore` client of node `node mod n`.
+    pub(crate) fn store(&self, node: usize) -> EventStoreClient<NodeChannel> {
+        EventStoreClient::new(self.channels[node % self.channels.len()].clone())
     }
 
     /// The server processes.

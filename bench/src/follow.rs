@@ -6,6 +6,8 @@
 //! - `live`: the region's closed-loop maximum first, then half of it offered open loop while 1 (then 100)
 //!   subscribers follow from the end; the latency from an append's acknowledgement (as its writer saw it)
 //!   to each subscriber's delivery. A delivery that beats the acknowledgement to the client counts as 0.
+//! - `stalled`: closed-loop appends alone, then beside subscribers that never read (each opened from the
+//!   beginning and never polled); the append rate of each, and how much the nodes' resident memory grew.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -83,6 +85,48 @@ pub(crate) struct LiveArgs {
     /// Print one JSON line per result to stdout (the readable line goes to stderr).
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `fjord-bench stalled`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StalledArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Subscribers that never read.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Closed-loop writers.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Seconds to measure each phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 256)]
+    event_size: usize,
+    /// Partitions.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Print one JSON line per result to stdout (the readable line goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One `stalled` result.
+#[derive(Debug, Serialize)]
+struct StalledPoint {
+    workload: &'static str,
+    system: System,
+    nodes: u64,
+    partitions: u32,
+    writers: usize,
+    stalled_subscribers: usize,
+    appends_per_sec_alone: f64,
+    appends_per_sec_beside_stalled: f64,
+    /// The nodes' resident memory together, when the stalled subscribers opened and when the appends beside
+    /// them ended.
+    servers_rss_mib_before: f64,
+    servers_rss_mib_after: f64,
 }
 
 /// One `replay` result.
@@ -228,11 +272,12 @@ pub(crate) fn live(args: &LiveArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let region = Arc::new(FjordRegion::start(&args.target, args.partitions).await?);
-        let (appends, _) = offer(&region, args, Pace::Closed, None).await?;
+        let load = Load { writers: args.writers, seconds: args.seconds, event_size: args.event_size };
+        let (appends, _) = offer(&region, load, Pace::Closed, None).await?;
         let max = appends as f64 / args.seconds as f64;
         eprintln!("live: the region's closed-loop maximum with {} writers is {max:.0} appends/s", args.writers);
         for &subscribers in &args.subscribers {
-            let point = live_point(&region, args, subscribers, max).await?;
+            let point = live_point(&region, args, load, subscribers, max).await?;
             let line = format!(
                 "live Fjord {} nodes {} partitions: {} subscribers at {:.0} appends/s (half of {:.0}): {} appended, {} \
                  deliveries ({} before the ack); ack to delivery {}; CPU-s per M deliveries: servers {:.1}, client {:.1}",
@@ -254,21 +299,94 @@ pub(crate) fn live(args: &LiveArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Runs `stalled`.
+pub(crate) fn stalled(args: &StalledArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.target.system == System::Fjord, "stalled runs against fjord");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let region = Arc::new(FjordRegion::start(&args.target, args.partitions).await?);
+        let load = Load { writers: args.writers, seconds: args.seconds, event_size: args.event_size };
+        let (alone, _) = offer(&region, load, Pace::Closed, None).await?;
+        // Opened and never polled: each holds what the node sent before HTTP/2 flow control stopped it.
+        let mut stalled = Vec::new();
+        for subscriber in 0..args.subscribers {
+            let mut store = region.store(subscriber);
+            let request = v1::SubscribeRequest {
+                filter: Some(v1::SubscriptionFilter::default()),
+                start: Some(v1::subscribe_request::Start::FromBeginning(v1::Empty {})),
+                checkpoint_interval_ms: 0,
+            };
+            stalled.push(store.subscribe(request).await?.into_inner());
+        }
+        let rss_before = resident_mib(&region.pids());
+        let (beside, _) = offer(&region, load, Pace::Closed, None).await?;
+        let rss_after = resident_mib(&region.pids());
+        drop(stalled);
+        let seconds = args.seconds as f64;
+        let point = StalledPoint {
+            workload: "stalled",
+            system: System::Fjord,
+            nodes: args.target.nodes,
+            partitions: args.partitions,
+            writers: args.writers,
+            stalled_subscribers: args.subscribers,
+            appends_per_sec_alone: alone as f64 / seconds,
+            appends_per_sec_beside_stalled: beside as f64 / seconds,
+            servers_rss_mib_before: rss_before,
+            servers_rss_mib_after: rss_after,
+        };
+        let line = format!(
+            "stalled Fjord {} nodes: {} writers: {:.0} appends/s alone, {:.0} beside {} subscribers that never read \
+             ({:.2}x); servers' resident memory {:.0} MiB -> {:.0} MiB",
+            point.nodes,
+            point.writers,
+            point.appends_per_sec_alone,
+            point.appends_per_sec_beside_stalled,
+            point.stalled_subscribers,
+            point.appends_per_sec_beside_stalled / point.appends_per_sec_alone.max(1.0),
+            point.servers_rss_mib_before,
+            point.servers_rss_mib_after
+        );
+        print(args.json, &point, &line)
+    })
+}
+
+/// The resident memory of `pids` together, in MiB.
+fn resident_mib(pids: &[u32]) -> f64 {
+    let kib: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum();
+    kib as f64 / 1024.0
+}
+
 /// When each appended event's acknowledgement reached its writer, by event id.
 type Acknowledged = Arc<Mutex<HashMap<uuid::Uuid, Instant>>>;
 
-/// `args.writers` writers at `pace` for `args.seconds`, one event per append (ids noted in `acknowledged`
-/// once acknowledged); appends counted after a one-second warm-up.
+/// Writers appending single events for a while.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    writers: usize,
+    seconds: u64,
+    event_size: usize,
+}
+
+/// `load` at `pace`, each writer to a stream of its own (ids noted in `acknowledged` once acknowledged);
+/// appends counted after a one-second warm-up.
 async fn offer(
     region: &Arc<FjordRegion>,
-    args: &LiveArgs,
+    load: Load,
     pace: Pace,
     acknowledged: Option<Acknowledged>,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
-    let window = Window::starting_now(Duration::from_secs(1), Duration::from_secs(args.seconds));
-    let (mut tasks, writers) = (Vec::new(), args.writers);
+    let window = Window::starting_now(Duration::from_secs(1), Duration::from_secs(load.seconds));
+    let (mut tasks, writers) = (Vec::new(), load.writers);
     for writer in 0..writers {
-        let (client, acknowledged, size) = (region.client(writer)?, acknowledged.clone(), args.event_size);
+        let (client, acknowledged, size) = (region.client(writer)?, acknowledged.clone(), load.event_size);
         tasks.push(tokio::spawn(async move {
             writer_loop(window, pace, writer, writers, || {
                 let (client, acknowledged) = (client.clone(), acknowledged.clone());
@@ -278,7 +396,10 @@ async fn offer(
                     event.id = Some(id);
                     client.append(&format!("live-{writer}"), Expected::Any, vec![event]).await?;
                     if let Some(acknowledged) = acknowledged {
-                        acknowledged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Instant::now());
+                        acknowledged
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(id, Instant::now());
                     }
                     Ok(())
                 }
@@ -291,7 +412,13 @@ async fn offer(
 
 /// Half the maximum offered while `subscribers` follow from the end: every subscriber must deliver every
 /// event appended meanwhile.
-async fn live_point(region: &Arc<FjordRegion>, args: &LiveArgs, subscribers: usize, max: f64) -> anyhow::Result<LivePoint> {
+async fn live_point(
+    region: &Arc<FjordRegion>,
+    args: &LiveArgs,
+    load: Load,
+    subscribers: usize,
+    max: f64,
+) -> anyhow::Result<LivePoint> {
     let acknowledged: Acknowledged = Arc::default();
     // The number of events appended, once the writers are done: each subscriber stops once it has them all.
     let (total, appended) = tokio::sync::watch::channel(None::<u64>);
@@ -336,7 +463,7 @@ async fn live_point(region: &Arc<FjordRegion>, args: &LiveArgs, subscribers: usi
     let pids = region.pids();
     let cpu_before = CpuSeconds::now(&pids);
     let offered = max / 2.0;
-    offer(region, args, Pace::Open { per_second: offered }, Some(acknowledged.clone())).await?;
+    offer(region, load, Pace::Open { per_second: offered }, Some(acknowledged.clone())).await?;
     let appended = acknowledged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() as u64;
     total.send_replace(Some(appended));
     let (mut latencies, mut delivered, mut before_ack) = (histogram()?, 0, 0);

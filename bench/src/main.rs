@@ -45,6 +45,8 @@ enum Workload {
     Replay(follow::ReplayArgs),
     /// Append-acknowledged-to-delivered latency for 1 and 100 subscribers at half the region's maximum load.
     Live(follow::LiveArgs),
+    /// Appends alone, then beside subscribers that never read: the append rate of each and the nodes' memory.
+    Stalled(follow::StalledArgs),
     /// Turns the JSON results of a run into bench/RESULTS.md's tables, with Fjord/peer ratios.
     Report(report::ReportArgs),
 }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Workload::AppendBatch(args) => append::batch(&args),
         Workload::Replay(args) => follow::replay(&args),
         Workload::Live(args) => follow::live(&args),
+        Workload::Stalled(args) => follow::stalled(&args),
         Workload::Report(args) => report::run(&args),
     };
     match result {

@@ -354,6 +354,22 @@ fn follow_section(out: &mut String, results: &[Value]) -> anyhow::Result<()> {
             )?;
         }
     }
+    for r in of(results, "stalled") {
+        writeln!(out, "\n## Subscribers that never read (`stalled`)\n")?;
+        writeln!(
+            out,
+            "{} closed-loop writers: {} appends/s alone, {} beside {} subscribers opened from the beginning and never \
+             read (**{:.2}x**); the nodes' resident memory together {:.0} MiB when they opened, {:.0} MiB after the \
+             appends beside them.",
+            r["writers"],
+            thousands(f(&r["appends_per_sec_alone"])),
+            thousands(f(&r["appends_per_sec_beside_stalled"])),
+            r["stalled_subscribers"],
+            f(&r["appends_per_sec_beside_stalled"]) / f(&r["appends_per_sec_alone"]).max(1.0),
+            f(&r["servers_rss_mib_before"]),
+            f(&r["servers_rss_mib_after"]),
+        )?;
+    }
     Ok(())
 }
 

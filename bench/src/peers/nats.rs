@@ -53,7 +53,8 @@ impl Nats {
         use tokio_stream::StreamExt;
         let context = self.contexts.first().ok_or_else(|| anyhow::anyhow!("no NATS server"))?;
         let stream = context.get_stream("BENCH").await?;
-        let ordered = consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::All, ..Default::default() };
+        let ordered =
+            consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::All, ..Default::default() };
         let mut messages = stream.create_consumer(ordered).await?.messages().await?;
         let (mut received, mut bytes) = (0, 0);
         while received < count {
