@@ -48,6 +48,9 @@ const EVENTS_PER_MESSAGE: usize = 256;
 /// How often progress is stored (when it changed), timeouts looked at and leadership checked.
 const TICK: Duration = Duration::from_millis(100);
 const STORE_EVERY: Duration = Duration::from_secs(1);
+/// How long storing progress may take before it is left for the next try (the partition has lost its
+/// quorum, say): the coordinator goes on serving meanwhile.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a coordinator without consumers lives on.
 const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// Consumers of one subscription at once, at most.
@@ -529,7 +532,15 @@ impl Coordinator {
             expected: ExpectedRevision::Exact(self.revision),
             events: vec![record.to_event()],
         };
-        match self.env.groups.append(request).await {
+        let Ok(appended) = tokio::time::timeout(WRITE_TIMEOUT, self.env.groups.append(request)).await else {
+            // It may still land: the next write then finds the revision moved, and this coordinator ends.
+            tracing::warn!(
+                subscription = self.definition.name,
+                "storing progress took over {WRITE_TIMEOUT:?}; retried"
+            );
+            return Ok(false);
+        };
+        match appended {
             Ok(outcome) => {
                 self.revision = outcome.revision;
                 Ok(true)
