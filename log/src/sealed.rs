@@ -411,8 +411,9 @@ impl SegmentCatalog {
     }
 
     /// Stores a sealed segment received from a peer (a snapshot): `bytes` must be a whole, verified segment
-    /// whose file the catalog will name `segment`. The file is written and synced; it becomes part of the
-    /// catalog only through [`CatalogReplacement::commit`]. Blocking.
+    /// whose file the catalog will name `segment`. The file is written and synced, but not its name: call
+    /// [`Self::sync_partition_dir`] once the segments are stored, before the catalog names them. It becomes
+    /// part of the catalog only through [`CatalogReplacement::commit`]. Blocking.
     pub fn store_received(&self, segment: &SealedSegment, bytes: &[u8]) -> Result<()> {
         let partition_dir = self.dir.join(segment.partition.to_string());
         let path = partition_dir.join(segment.file_name());
@@ -422,8 +423,12 @@ impl SegmentCatalog {
         let receiving = partition_dir.join(format!("receiving-{}", segment.file_name()));
         std::fs::write(&receiving, bytes).map_err(|e| io("writing", &receiving, e))?;
         std::fs::File::open(&receiving).and_then(|f| f.sync_all()).map_err(|e| io("syncing", &receiving, e))?;
-        std::fs::rename(&receiving, &path).map_err(|e| io("renaming", &receiving, e))?;
-        sync_dir(&partition_dir)
+        std::fs::rename(&receiving, &path).map_err(|e| io("renaming", &receiving, e))
+    }
+
+    /// Makes the names of the segments [`Self::store_received`] stored in `partition` durable. Blocking.
+    pub fn sync_partition_dir(&self, partition: u32) -> Result<()> {
+        sync_dir(&self.dir.join(partition.to_string()))
     }
 
     /// Starts replacing the whole catalog of `partition` (a snapshot install): no segment is sealed in the

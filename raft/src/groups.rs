@@ -61,6 +61,9 @@ pub struct GroupStatus {
     pub applied_index: u64,
     /// The partition's applied tail here (epoch and next offset).
     pub applied: fjord_log::AppliedTail,
+    /// Snapshot install work done here since the node started (segments stored and records restored): it
+    /// grows while an install runs, when the applied index stands still.
+    pub snapshot_install_steps: u64,
     /// The last sealed segment of the partition here.
     pub last_sealed: Option<SealedSegment>,
 }
@@ -145,6 +148,8 @@ pub struct Groups {
     leader_lease: std::time::Duration,
     /// Each partition's sealer (it follows the partition's tail, which outlives the groups): stopped at shutdown.
     sealers: Vec<tokio::task::JoinHandle<()>>,
+    /// Each group's snapshot install work since the node started (see `GroupStateMachine::install_progress`).
+    install_progress: Vec<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Groups {
@@ -158,13 +163,14 @@ impl Groups {
     ) -> crate::Result<Self> {
         let raft_config = Arc::new(config.raft_config()?);
         let partitions = storage.log_store().partition_count();
-        let (mut rafts, mut logs, mut sealers) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rafts, mut logs, mut sealers, mut install_progress) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for group in 0..partitions {
             let opened = storage.clone();
             let (log_store, state_machine) = tokio::task::spawn_blocking(move || opened.group(group))
                 .await?
                 .map_err(|source| crate::Error::Storage { group, source })?;
             let snapshot_size = state_machine.snapshot_size();
+            install_progress.push(state_machine.install_progress());
             let network = GroupNetworkFactory::new(group, peers.clone());
             let raft = GroupRaft::new(node, raft_config.clone(), network, log_store, state_machine)
                 .await
@@ -212,7 +218,18 @@ impl Groups {
             tokio::spawn(repair.run());
         }
         let leader_lease = std::time::Duration::from_millis(config.election_timeout_max_ms);
-        Ok(Groups { node, limits, storage, peers, rafts, queues, proposal_gates, leader_lease, sealers })
+        Ok(Groups {
+            node,
+            limits,
+            storage,
+            peers,
+            rafts,
+            queues,
+            proposal_gates,
+            leader_lease,
+            sealers,
+            install_progress,
+        })
     }
 
     /// Makes `members` (node id → address) the initial voters of every group that is not initialized yet
@@ -290,6 +307,10 @@ impl Groups {
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             applied,
             last_sealed,
+            snapshot_install_steps: self
+                .install_progress
+                .get(group as usize)
+                .map_or(0, |steps| steps.load(std::sync::atomic::Ordering::Relaxed)),
         })
     }
 

@@ -12,6 +12,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use fjord_log::Durability;
 use fjord_log::PartitionLog;
@@ -83,6 +85,32 @@ struct Installing {
     tail_file: String,
 }
 
+/// An install's progress: counted in the node-wide figure, and logged every [`Self::LOG_EVERY`].
+struct InstallProgress<'a> {
+    group: GroupId,
+    counter: &'a AtomicU64,
+    steps: u64,
+    logged: std::time::Instant,
+}
+
+impl<'a> InstallProgress<'a> {
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(group: GroupId, counter: &'a AtomicU64) -> Self {
+        InstallProgress { group, counter, steps: 0, logged: std::time::Instant::now() }
+    }
+
+    /// One more step done; `what` says how far, given the steps so far, when it is time to log.
+    fn step(&mut self, what: impl FnOnce(u64) -> String) {
+        self.steps += 1;
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        if self.logged.elapsed() >= Self::LOG_EVERY {
+            tracing::info!(group = self.group, "installing a snapshot: {}", what(self.steps));
+            self.logged = std::time::Instant::now();
+        }
+    }
+}
+
 /// Everything a group's state machine and snapshot builder share.
 struct Shared {
     db: Arc<DB>,
@@ -94,6 +122,8 @@ struct Shared {
     snapshot_size: SnapshotSize,
     /// Held while a snapshot is built or installed: the two never interleave.
     snapshot_work: Mutex<()>,
+    /// Snapshot install work done since the node started (see [`GroupStateMachine::install_progress`]).
+    install_progress: Arc<AtomicU64>,
 }
 
 /// One partition group's state machine.
@@ -127,6 +157,7 @@ impl GroupStateMachine {
             snapshot_dir,
             snapshot_size: SnapshotSize::default(),
             snapshot_work: Mutex::new(()),
+            install_progress: Arc::default(),
         });
         if let Some(interrupted) = shared.read_meta::<Installing>(keys::META_INSTALLING)? {
             tracing::warn!(group, snapshot = %interrupted.meta.snapshot_id, "finishing an interrupted snapshot install");
@@ -145,6 +176,13 @@ impl GroupStateMachine {
     /// Records in the group's current snapshot, kept up to date as snapshots are built and installed.
     pub fn snapshot_size(&self) -> SnapshotSize {
         self.shared.snapshot_size.clone()
+    }
+
+    /// Snapshot install work done since the node started: sealed segments stored and records restored. It
+    /// grows while an install runs, which leaves the applied index where it was until the end (a big
+    /// partition takes a while): a watcher tells a long install from a stall by it.
+    pub fn install_progress(&self) -> Arc<AtomicU64> {
+        self.shared.install_progress.clone()
     }
 }
 
@@ -351,6 +389,7 @@ impl Shared {
         );
         let mut sealed = Vec::new();
         let mut next_offset = 0;
+        let mut progress = InstallProgress::new(self.group, &self.install_progress);
         for frame in SnapshotFrames::open(&received, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))? {
             let frame = frame.map_err(io_error(subject.clone(), ErrorVerb::Read))?;
             let summary = frame.segment.summary;
@@ -368,6 +407,7 @@ impl Shared {
                     .store_received(&segment, &frame.bytes)
                     .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
                 sealed.push(segment);
+                progress.step(|stored| format!("{stored} sealed segments stored"));
             } else {
                 tail.write_all(&frame_header(FRAME_TAIL, frame.bytes.len() as u64))
                     .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
@@ -379,6 +419,8 @@ impl Shared {
             .sync_all()
             .map_err(io_error(subject.clone(), ErrorVerb::Write))?;
         self.sync_dir()?;
+        // Each segment file was synced as it was stored; their names, once for them all.
+        self.segments.sync_partition_dir(self.group).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
 
         let meta_cf = self.meta_cf()?;
         let applied = AppliedState {
@@ -393,9 +435,11 @@ impl Shared {
         let current = encode(&stored, subject.clone())?;
         let replacement =
             self.segments.replace(self.group, sealed).map_err(io_error(subject.clone(), ErrorVerb::Write))?;
+        let mut progress = InstallProgress::new(self.group, &self.install_progress);
         let records = snapshot_records(
             SnapshotFrames::open(&received, self.group).map_err(io_error(subject.clone(), ErrorVerb::Read))?,
-        );
+        )
+        .inspect(|_| progress.step(|restored| format!("{restored} records restored")));
         self.log
             .restore(records, |batch| {
                 replacement.add_to(batch);

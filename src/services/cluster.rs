@@ -145,6 +145,7 @@ impl Cluster for ClusterService {
                     tail_epoch: status.applied.epoch.0,
                     sealed_offset: status.last_sealed.map_or(0, |s| s.next_offset),
                     sealed_chain_checksum: status.last_sealed.map_or(0, |s| s.chain_checksum),
+                    snapshot_install_steps: status.snapshot_install_steps,
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;

@@ -318,14 +318,15 @@ impl TestRegion {
         }
     }
 
-    /// The sum over node `id`'s partitions of the Raft index it has applied, if it answers.
-    pub(crate) async fn applied_index(&self, id: u64) -> Option<u64> {
+    /// How far node `id` has got repairing, if it answers: over its partitions, the Raft index it has applied
+    /// plus its snapshot install work (an install moves the applied index only when it ends).
+    pub(crate) async fn repair_progress(&self, id: u64) -> Option<u64> {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();
         let status = tokio::time::timeout(Duration::from_secs(2), async {
             node.cluster().await.status(v1::StatusRequest {}).await
         });
         let status = status.await.ok()?.ok()?.into_inner();
-        Some(status.partitions.iter().map(|p| p.applied_index).sum())
+        Some(status.partitions.iter().map(|p| p.applied_index + p.snapshot_install_steps).sum())
     }
 
     /// Whether node `id` answers a status request.

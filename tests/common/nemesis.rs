@@ -226,14 +226,14 @@ async fn corrupt_a_node(region: &mut TestRegion, schedule: &mut Schedule, outage
     *region.corruptions.injected.entry(kind).or_default() += 1;
     // Found damage is repaired before the next fault; damage must be found but in a write-ahead log. A
     // repair copies the whole partition back, so it takes as long as the run has made it: the run fails
-    // only if the node makes no progress (its applied index) for a minute.
+    // only if the node makes no progress (its applied index, or a snapshot install's work) for a minute.
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (mut applied, mut looked) = (0, tokio::time::Instant::now());
     let mut quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         if looked.elapsed() >= Duration::from_secs(2) {
             looked = tokio::time::Instant::now();
-            if let Some(now) = region.applied_index(victim).await
+            if let Some(now) = region.repair_progress(victim).await
                 && now > applied
             {
                 (applied, deadline) = (now, tokio::time::Instant::now() + Duration::from_secs(60));
