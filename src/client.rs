@@ -22,19 +22,19 @@ use crate::pb;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// A node of the region, `host:port`.
-    #[arg(long, env = "FJORD_SERVER", default_value = "127.0.0.1:7101")]
+    #[arg(long, global = true, env = "FJORD_SERVER", default_value = "127.0.0.1:7101")]
     pub server: String,
     /// A bearer token that grants what the command does (`fjord dev` prints one; `fjord token` issues them).
-    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "FJORD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file holding the token (kept out of the process list), e.g. a security dir's `admin.token`.
-    #[arg(long, env = "FJORD_TOKEN_FILE", conflicts_with = "token")]
+    #[arg(long, global = true, env = "FJORD_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<std::path::PathBuf>,
     /// Seconds to wait for the server, connecting and for each answer.
-    #[arg(long, env = "FJORD_TIMEOUT", default_value_t = 30)]
+    #[arg(long, global = true, env = "FJORD_TIMEOUT", default_value_t = 30)]
     pub timeout_secs: u64,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -172,7 +172,10 @@ async fn consume(
     loop {
         let events = tokio::select! {
             events = consumer.next() => events.map_err(client_failed)?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => {
+                consumer.close().await;
+                return Ok(());
+            }
         };
         let take = if count == 0 { events.len() } else { events.len().min((count - printed) as usize) };
         let mut out = std::io::stdout().lock();
@@ -193,6 +196,8 @@ async fn consume(
         consumer.ack(&events[..take]).await.map_err(client_failed)?;
         printed += take as u64;
         if count > 0 && printed >= count {
+            // Gone only once the acknowledgements are in: what was not printed comes again, to another.
+            consumer.close().await;
             return Ok(());
         }
     }

@@ -84,6 +84,17 @@ impl Consumer {
         self.request(v1::consume_request::Kind::Nack(positions)).await
     }
 
+    /// Leaves the subscription once the node has taken every acknowledgement sent so far (an acknowledgement
+    /// is otherwise only queued: a consumer dropped at once may lose its last ones, which then come again).
+    /// Waits at most [`ClientOptions::attempt_timeout`].
+    pub async fn close(mut self) {
+        let Some(mut open) = self.open.take() else { return };
+        drop(open.requests);
+        // The node ends the stream once it has taken the requests before the end, then the leave.
+        let drained = async { while let Ok(Some(_)) = open.responses.message().await {} };
+        let _ = tokio::time::timeout(self.options.attempt_timeout, drained).await;
+    }
+
     /// The partitions this consumer has, as the region last said.
     pub fn partitions(&self) -> &[u32] {
         &self.partitions
