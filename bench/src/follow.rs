@@ -70,10 +70,29 @@ pub(crate) struct LiveArgs {
     /// Subscriber counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     subscribers: Vec<usize>,
-    /// Closed-loop writers that find the region's maximum, and then offer half of it.
+    #[command(flatten)]
+    load: ClosedLoopArgs,
+}
+
+/// Flags of `fjord-bench stalled`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StalledArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Subscribers that never read.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    #[command(flatten)]
+    load: ClosedLoopArgs,
+}
+
+/// The appending side of `live` and `stalled`.
+#[derive(Debug, clap::Args)]
+struct ClosedLoopArgs {
+    /// Closed-loop writers (live: they find the region's maximum, then half of it is offered).
     #[arg(long, default_value_t = 16)]
     writers: usize,
-    /// Seconds to measure the maximum, and each subscriber count.
+    /// Seconds to measure each phase (live: the maximum, then each subscriber count).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Bytes of data per event.
@@ -87,29 +106,11 @@ pub(crate) struct LiveArgs {
     json: bool,
 }
 
-/// Flags of `fjord-bench stalled`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct StalledArgs {
-    #[command(flatten)]
-    target: TargetArgs,
-    /// Subscribers that never read.
-    #[arg(long, default_value_t = 100)]
-    subscribers: usize,
-    /// Closed-loop writers.
-    #[arg(long, default_value_t = 16)]
-    writers: usize,
-    /// Seconds to measure each phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Bytes of data per event.
-    #[arg(long, default_value_t = 256)]
-    event_size: usize,
-    /// Partitions.
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Print one JSON line per result to stdout (the readable line goes to stderr).
-    #[arg(long)]
-    json: bool,
+impl ClosedLoopArgs {
+    /// The closed-loop load these flags describe.
+    fn load(&self) -> Load {
+        Load { writers: self.writers, seconds: self.seconds, event_size: self.event_size }
+    }
 }
 
 /// One `stalled` result.
@@ -271,11 +272,11 @@ pub(crate) fn live(args: &LiveArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.target.system == System::Fjord, "live runs against fjord");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let region = Arc::new(FjordRegion::start(&args.target, args.partitions).await?);
-        let load = Load { writers: args.writers, seconds: args.seconds, event_size: args.event_size };
+        let region = Arc::new(FjordRegion::start(&args.target, args.load.partitions).await?);
+        let load = args.load.load();
         let (appends, _) = offer(&region, load, Pace::Closed, None).await?;
-        let max = appends as f64 / args.seconds as f64;
-        eprintln!("live: the region's closed-loop maximum with {} writers is {max:.0} appends/s", args.writers);
+        let max = appends as f64 / args.load.seconds as f64;
+        eprintln!("live: the region's closed-loop maximum with {} writers is {max:.0} appends/s", args.load.writers);
         for &subscribers in &args.subscribers {
             let point = live_point(&region, args, load, subscribers, max).await?;
             let line = format!(
@@ -293,7 +294,7 @@ pub(crate) fn live(args: &LiveArgs) -> anyhow::Result<()> {
                 point.cpu_seconds_per_million_deliveries.servers,
                 point.cpu_seconds_per_million_deliveries.client
             );
-            print(args.json, &point, &line)?;
+            print(args.load.json, &point, &line)?;
         }
         Ok(())
     })
@@ -304,8 +305,8 @@ pub(crate) fn stalled(args: &StalledArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.target.system == System::Fjord, "stalled runs against fjord");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let region = Arc::new(FjordRegion::start(&args.target, args.partitions).await?);
-        let load = Load { writers: args.writers, seconds: args.seconds, event_size: args.event_size };
+        let region = Arc::new(FjordRegion::start(&args.target, args.load.partitions).await?);
+        let load = args.load.load();
         let (alone, _) = offer(&region, load, Pace::Closed, None).await?;
         // Opened and never polled: each holds what the node sent before HTTP/2 flow control stopped it.
         let mut stalled = Vec::new();
@@ -322,13 +323,13 @@ pub(crate) fn stalled(args: &StalledArgs) -> anyhow::Result<()> {
         let (beside, _) = offer(&region, load, Pace::Closed, None).await?;
         let rss_after = resident_mib(&region.pids());
         drop(stalled);
-        let seconds = args.seconds as f64;
+        let seconds = args.load.seconds as f64;
         let point = StalledPoint {
             workload: "stalled",
             system: System::Fjord,
             nodes: args.target.nodes,
-            partitions: args.partitions,
-            writers: args.writers,
+            partitions: args.load.partitions,
+            writers: args.load.writers,
             stalled_subscribers: args.subscribers,
             appends_per_sec_alone: alone as f64 / seconds,
             appends_per_sec_beside_stalled: beside as f64 / seconds,
@@ -347,7 +348,7 @@ pub(crate) fn stalled(args: &StalledArgs) -> anyhow::Result<()> {
             point.servers_rss_mib_before,
             point.servers_rss_mib_after
         );
-        print(args.json, &point, &line)
+        print(args.load.json, &point, &line)
     })
 }
 
@@ -478,12 +479,12 @@ async fn live_point(
         workload: "live",
         system: System::Fjord,
         nodes: args.target.nodes,
-        partitions: args.partitions,
+        partitions: args.load.partitions,
         subscribers,
-        event_size: args.event_size,
+        event_size: args.load.event_size,
         max_appends_per_sec: max,
         offered_appends_per_sec: offered,
-        seconds: args.seconds as f64,
+        seconds: args.load.seconds as f64,
         appended,
         delivered,
         delivered_before_ack: before_ack,
