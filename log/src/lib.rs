@@ -25,6 +25,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod planted;
 pub mod read;
+mod recent;
 pub mod record;
 mod restore;
 pub mod sealed;

@@ -35,7 +35,9 @@ use crate::planted::PlantedBug;
 use crate::planted::planted;
 use crate::read::Direction;
 use crate::read::PartitionReader;
+use crate::read::StreamHeads;
 use crate::read::StreamReader;
+use crate::recent::RecentEvents;
 use crate::record::decode_record;
 use crate::record::encode_record;
 use crate::tail::AppliedTail;
@@ -61,6 +63,8 @@ pub struct PreparedBatch<'a> {
     tail: MutexGuard<'a, Tail>,
     next: Tail,
     write: WriteBatch,
+    /// The events the batch writes, in offset order: the recent-events ring takes them at commit.
+    events: Vec<RecordedEvent>,
     outcomes: Vec<AppendResult>,
     extra_writes: bool,
 }
@@ -83,6 +87,7 @@ impl PreparedBatch<'_> {
             let mut options = WriteOptions::default();
             options.set_sync(durability == Durability::Sync);
             self.log.db.write_opt(std::mem::take(&mut self.write), &options)?;
+            self.log.recent.push(std::mem::take(&mut self.events));
             *self.tail = self.next;
             self.log.publish_next_offset(self.next.next_offset);
         }
@@ -99,6 +104,8 @@ pub struct PartitionLog {
     /// The store's epoch counter, for a restore's new epoch.
     pub(crate) epochs: Arc<EpochCounter>,
     applied: watch::Sender<AppliedTail>,
+    /// The last applied events, for live followers.
+    recent: RecentEvents,
 }
 
 /// What the writer must know about the end of the log.
@@ -117,10 +124,12 @@ impl PartitionLog {
         partitions: u32,
         epochs: Arc<EpochCounter>,
         epoch: Epoch,
+        recent_bytes: usize,
     ) -> Result<Self> {
         let tail = read_tail(&db, partition)?;
         let (applied, _) = watch::channel(AppliedTail { epoch, next_offset: Offset(tail.next_offset) });
-        Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail), epochs, applied })
+        let recent = RecentEvents::new(recent_bytes);
+        Ok(PartitionLog { db, partition, partitions, tail: Mutex::new(tail), epochs, applied, recent })
     }
 
     /// Follows this partition's applied tail: the receiver wakes when a batch commits and when the
@@ -145,6 +154,7 @@ impl PartitionLog {
 
     /// Publishes a rewrite: a new epoch and where the rewritten log ends (called with the writer lock held).
     pub(crate) fn publish_rewrite(&self, epoch: Epoch, next_offset: u64) {
+        self.recent.clear();
         self.applied.send_replace(AppliedTail { epoch, next_offset: Offset(next_offset) });
     }
 
@@ -186,7 +196,8 @@ impl PartitionLog {
         let wrote_events = batch.next_offset > tail.next_offset;
         let last_commit_micros = if wrote_events { commit_time } else { tail.last_commit_micros };
         let next = Tail { next_offset: batch.next_offset, last_commit_micros };
-        Ok(PreparedBatch { log: self, tail, next, write: batch.into_write_batch(), outcomes, extra_writes: false })
+        let (write, events) = batch.into_parts();
+        Ok(PreparedBatch { log: self, tail, next, write, events, outcomes, extra_writes: false })
     }
 
     /// Runs `read` while no batch can be applied, with the offset the next event will get: a consistent cut
@@ -229,10 +240,23 @@ impl PartitionLog {
         PartitionReader::new(self.db.clone(), self.partition, from_offset.0, self.next_offset().0, limit)
     }
 
+    /// The events from `from` up to (not including) `end`, at most `max`, from memory: what the last
+    /// commits applied, kept for live followers (`[store] recent_events_bytes` per partition). `None` when
+    /// `from` is no longer (or not yet) held there: read the store.
+    pub fn recent_events(&self, from: Offset, end: Offset, max: usize) -> Option<Vec<Arc<RecordedEvent>>> {
+        self.recent.read(from.0, end.0, max)
+    }
+
     /// Events of `stream` from `from_revision` on (backward: down from it; `u64::MAX` is the end), at most
     /// `limit`, streamed in pages.
     pub fn read_stream(&self, stream: &str, from_revision: Revision, direction: Direction, limit: u64) -> StreamReader {
         StreamReader::new(self.db.clone(), self.partition, stream, from_revision.0, direction, limit)
+    }
+
+    /// The heads of this partition's streams (name, revision, last offset), in the byte order of their names
+    /// from `from_stream` on, streamed in pages.
+    pub fn stream_heads(&self, from_stream: &str) -> StreamHeads {
+        StreamHeads::new(self.db.clone(), self.partition, from_stream)
     }
 
     /// The partition `stream` belongs to in this store.
@@ -288,8 +312,11 @@ impl<'a> PendingBatch<'a> {
         }
     }
 
-    fn into_write_batch(self) -> WriteBatch {
-        self.write
+    /// The batch's writes, and the events it writes in offset order.
+    fn into_parts(self) -> (WriteBatch, Vec<RecordedEvent>) {
+        let mut events: Vec<RecordedEvent> = self.events.into_values().collect();
+        events.sort_unstable_by_key(|event| event.offset);
+        (self.write, events)
     }
 
     /// Decides one append: `Ok(Err(_))` is a deterministic rejection, `Err(_)` a storage failure.

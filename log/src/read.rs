@@ -13,6 +13,10 @@ use rocksdb::ReadOptions;
 use crate::error::Error;
 use crate::error::Result;
 use crate::event::RecordedEvent;
+use crate::event::StreamHead;
+use crate::ids::Offset;
+use crate::ids::PartitionId;
+use crate::ids::Revision;
 use crate::keys;
 use crate::keys::cf;
 use crate::record::decode_record;
@@ -204,5 +208,77 @@ impl Iterator for StreamReader {
         let event = self.page.pop_front()?;
         self.remaining -= 1;
         Some(Ok(event))
+    }
+}
+
+/// The heads of one partition's streams, in the byte order of their names from a starting name on. Yields
+/// `Err` once and then ends if the store fails.
+pub struct StreamHeads {
+    db: Arc<DB>,
+    partition: u32,
+    /// The name to resume from (inclusive on the first page, exclusive after); `None` once exhausted.
+    next: Option<Vec<u8>>,
+    first_page: bool,
+    page: VecDeque<(String, StreamHead)>,
+}
+
+impl StreamHeads {
+    pub(crate) fn new(db: Arc<DB>, partition: u32, from_stream: &str) -> Self {
+        StreamHeads {
+            db,
+            partition,
+            next: Some(from_stream.as_bytes().to_vec()),
+            first_page: true,
+            page: VecDeque::new(),
+        }
+    }
+
+    fn fill_page(&mut self) -> Result<()> {
+        let Some(from) = self.next.take() else { return Ok(()) };
+        let streams = cf(&self.db, keys::CF_STREAMS)?;
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(self.partition.saturating_add(1).to_be_bytes().to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(streams, options);
+        let mut start = self.partition.to_be_bytes().to_vec();
+        start.extend_from_slice(&from);
+        iter.seek(&start);
+        if !self.first_page && iter.valid() && iter.key() == Some(start.as_slice()) {
+            iter.next();
+        }
+        self.first_page = false;
+        while iter.valid() && self.page.len() < PAGE_SIZE {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+            let name = key.get(4..).unwrap_or_default();
+            let stream = std::str::from_utf8(name)
+                .map_err(|_| Error::corrupt("stream head", format!("key {key:?} is not a UTF-8 stream name")))?;
+            let (revision, last_offset) = keys::decode_stream_head_value(value)
+                .ok_or_else(|| Error::corrupt("stream head", format!("{} bytes for stream {stream}", value.len())))?;
+            let head = StreamHead {
+                partition: PartitionId(self.partition),
+                revision: Revision(revision),
+                last_offset: Offset(last_offset),
+            };
+            self.page.push_back((stream.to_owned(), head));
+            iter.next();
+        }
+        iter.status()?;
+        if self.page.len() == PAGE_SIZE {
+            self.next = self.page.back().map(|(stream, _)| stream.as_bytes().to_vec());
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for StreamHeads {
+    type Item = Result<(String, StreamHead)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty()
+            && let Err(error) = self.fill_page()
+        {
+            self.next = None;
+            return Some(Err(error));
+        }
+        self.page.pop_front().map(Ok)
     }
 }

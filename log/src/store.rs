@@ -41,6 +41,9 @@ pub struct StoreOptions {
     /// Whether a node reads everything it stores once when it opens, checking every checksum, so damage
     /// is found before it votes (one sequential read of the data dir at each start).
     pub verify_on_open: bool,
+    /// Bytes of each partition's last applied events kept in memory, from which caught-up subscribers
+    /// read what each commit added (0: none; they read the store).
+    pub recent_events_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +53,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 256 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
             verify_on_open: true,
+            recent_events_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -58,6 +62,12 @@ impl Default for StoreOptions {
 pub struct LogStore {
     db: Arc<DB>,
     partitions: Vec<Arc<PartitionLog>>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("path", &self.db.path()).field("partitions", &self.partitions.len()).finish()
+    }
 }
 
 impl LogStore {
@@ -101,7 +111,9 @@ impl LogStore {
         let epochs = Arc::new(epochs);
         let partitions = (0..options.partitions)
             .map(|partition| {
-                PartitionLog::open(db.clone(), partition, options.partitions, epochs.clone(), epoch).map(Arc::new)
+                let recent = options.recent_events_bytes;
+                PartitionLog::open(db.clone(), partition, options.partitions, epochs.clone(), epoch, recent)
+                    .map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
         tracing::info!(path = %path.display(), partitions = options.partitions, %epoch, "log store open");

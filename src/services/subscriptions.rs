@@ -454,6 +454,9 @@ impl Follower {
     /// through its index; any other reads the partition's records in order.
     async fn read(&mut self, partition: GroupId, end: u64) -> Result<(Vec<v1::RecordedEvent>, u64), Status> {
         let log = self.store.partition(partition).map_err(pb::log_error)?.clone();
+        if let Some(read) = self.read_recent(&log, partition, end) {
+            return Ok(read);
+        }
         let (filter, damage, from) = (self.filter.clone(), self.damage.clone(), self.cursor[&partition]);
         let (message_bytes, known_revision) = (self.limits.message_bytes, self.next_revision);
         let read =
@@ -494,6 +497,32 @@ impl Follower {
         let (events, next, revision) = read.await.map_err(|error| Status::internal(error.to_string()))??;
         self.next_revision = revision;
         Ok((events, next))
+    }
+
+    /// What `read` would, from the events the partition applied last if it still holds the cursor there (a
+    /// caught-up subscription: no store read, no blocking task); `None` if it does not.
+    fn read_recent(
+        &mut self,
+        log: &fjord_log::PartitionLog,
+        partition: GroupId,
+        end: u64,
+    ) -> Option<(Vec<v1::RecordedEvent>, u64)> {
+        let from = self.cursor[&partition];
+        let recent = log.recent_events(Offset(from), Offset(end), usize::try_from(RECORDS_PER_READ).ok()?)?;
+        let mut page = Page { events: Vec::new(), bytes: 0, message_bytes: self.limits.message_bytes };
+        let mut next = from;
+        for event in recent {
+            next = event.offset.0 + 1;
+            if let Scope::Stream(stream) = &self.filter.scope
+                && event.stream == *stream
+            {
+                self.next_revision = Some(event.revision.0 + 1);
+            }
+            if self.filter.matches(&event) && page.add(&self.filter, RecordedEvent::clone(&event), partition) {
+                break;
+            }
+        }
+        Some((page.events, next))
     }
 
     /// Sends `events` (none: a checkpoint) with the cursor and this node's applied offsets; false if the
