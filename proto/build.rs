@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 3] = ["fjord/v1/event_store.proto", "fjord/v1/cluster.proto", "fjord/v1/raft.proto"];
+const PROTOS: [&str; 4] =
+    ["fjord/v1/event_store.proto", "fjord/v1/cluster.proto", "fjord/v1/query.proto", "fjord/v1/raft.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -48,6 +48,9 @@ pub enum Command {
     Tail(crate::tail::TailArgs),
     /// Manage and consume named subscriptions (consumer groups) of a running region.
     Subscription(crate::subscription::SubscriptionArgs),
+    /// Run one SQL statement that reads against a running region (tables: events, fjord_partitions,
+    /// fjord_members, fjord_streams).
+    Sql(crate::sql::SqlArgs),
     /// Make a region's security dir: its CA, node certificates, token key and an admin token.
     Certs(CertsArgs),
     /// Issue a bearer token signed with a security dir's token key.
@@ -173,6 +176,7 @@ fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Status(args) => runtime.block_on(args.run()),
         Command::Tail(args) => runtime.block_on(args.run()),
         Command::Subscription(args) => runtime.block_on(args.run()),
+        Command::Sql(args) => runtime.block_on(args.run()),
         Command::Certs(args) => make_certs(&args),
         Command::Token(args) => issue_token(&args),
     }

@@ -64,7 +64,8 @@ impl ClientArgs {
         Ok(fjord_client::Client::with_options(nodes, Some(&token), options)?)
     }
 
-    async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
+    /// A channel to `--server` that presents the token.
+    pub(crate) async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
         let token = self.token()?;
         let token = BearerToken::new(&token).map_err(|status| anyhow::anyhow!("the token: {}", status.message()))?;
         let timeout = Duration::from_secs(self.timeout_secs);
@@ -135,7 +136,8 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-fn failed(status: tonic::Status) -> anyhow::Error {
+/// A status as the command line reports it: its reason, then its message.
+pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     let reason = pb::reason_of(&status).unwrap_or("UNKNOWN").to_owned();
     anyhow::anyhow!("{reason}: {}", status.message())
 }

@@ -70,6 +70,7 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     println!("  fjord status --server {}", addresses[&1]);
     println!("  fjord append --server {} order-1001 ItemAdded '{{\"sku\":\"tent\"}}'", addresses[&2]);
     println!("  fjord read --server {} order-1001", addresses[&3]);
+    println!("  fjord sql --server {} \"SELECT type, count(*) FROM events GROUP BY type\"", addresses[&2]);
     println!(
         "  fjord token --dir {} --subject reader --grant read:order-   (a token that may only read orders)",
         security.path().display()

@@ -3,7 +3,8 @@
 //! [`cli`] parses the command line and dispatches subcommands; [`config`] loads config files; [`node`]
 //! assembles and serves one node; [`services`] are its gRPC services and [`pb`] their conversions;
 //! [`server`] runs one node, [`dev`] a whole 3-node region; [`client`] is the command-line client and
-//! [`tail`] its subscription and [`subscription`] its named subscriptions (through `fjord-client`);
+//! [`tail`] its subscription and [`subscription`] its named subscriptions (through `fjord-client`), [`sql`] its
+//! SQL;
 //! [`security`] is the trust boundary (node certificates, bearer tokens, who may call what).
 
 pub mod cli;
@@ -15,5 +16,6 @@ pub mod pb;
 pub mod security;
 pub mod server;
 pub mod services;
+pub mod sql;
 pub mod subscription;
 pub mod tail;

@@ -16,6 +16,9 @@ use fjord_log::sealed::SealPolicy;
 use fjord_proto::v1::cluster_server::ClusterServer;
 use fjord_proto::v1::event_store_server::EventStoreServer;
 use fjord_proto::v1::internal::raft_transport_server::RaftTransportServer;
+use fjord_proto::v1::query_server::QueryServer;
+use fjord_query::QueryEngine;
+use fjord_query::QueryLimits;
 use fjord_raft::GroupError;
 use fjord_raft::NodeId;
 use fjord_raft::NodeIdentity;
@@ -47,6 +50,8 @@ use crate::security::certs::check_region_name;
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
 use crate::services::event_store::ReadLimits;
+use crate::services::query::GroupsView;
+use crate::services::query::QueryService;
 use crate::services::routing::Router;
 use crate::services::subscriptions::SubscriptionLimits;
 
@@ -79,6 +84,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Raft timing and group commit.
     pub groups: GroupsConfig,
+    /// What one SQL query may take (`[query]`).
+    pub query: QueryLimits,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +103,7 @@ impl Default for NodeConfig {
             segments: SealPolicy::default(),
             limits: Limits::default(),
             groups: GroupsConfig::default(),
+            query: QueryLimits::default(),
         }
     }
 }
@@ -417,6 +425,19 @@ pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result
     Ok(())
 }
 
+/// SQL over the node's log: `Query`, on the public plane (a query runs where it arrives, never forwarded).
+pub fn query_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()> {
+    let limits = node.config.query.clone();
+    let decode_limit = limits.max_query_bytes.saturating_add(64 * 1024);
+    let region = Arc::new(GroupsView::new(node.groups.clone()));
+    let engine = QueryEngine::new(node.groups.log_store().clone(), region, limits)?;
+    let query = QueryServer::new(QueryService::new(Arc::new(engine), node.config.node_id))
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    routes.add(Plane::Public, query);
+    Ok(())
+}
+
 /// A running node.
 pub struct Node {
     address: SocketAddr,
@@ -427,9 +448,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node of `config` serving the public API ([`public_api`]); see [`NodeBuilder::start`].
+    /// Starts a node of `config` serving the public API ([`public_api`]) and SQL ([`query_api`]); see
+    /// [`NodeBuilder::start`].
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Node> {
-        NodeBuilder::new(config.clone()).service(public_api).start().await
+        NodeBuilder::new(config.clone()).service(public_api).service(query_api).start().await
     }
 
     /// The address the node serves the public API on.

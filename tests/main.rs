@@ -37,6 +37,8 @@ mod power_loss;
 mod region;
 #[path = "suite/segments.rs"]
 mod segments;
+#[path = "suite/sql.rs"]
+mod sql;
 #[path = "suite/storage_faults.rs"]
 mod storage_faults;
 #[path = "suite/subscriptions.rs"]

@@ -139,6 +139,8 @@ struct ReplayPoint {
     partitions: Option<u32>,
     events: u64,
     event_size: usize,
+    /// How long the servers took to settle after the preload, before the replay began.
+    settled_secs: f64,
     seconds: f64,
     events_per_sec: f64,
     mb_per_sec: f64,
@@ -184,6 +186,7 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         let target = Arc::new(Target::open(&args.target, args.partitions).await?);
         preload(&target, args.events, args.event_size).await?;
         let pids = target.server_pids(&args.target);
+        let settled_secs = settle(&pids).await;
         let (cpu_before, started) = (CpuSeconds::now(&pids), Instant::now());
         let bytes = match target.as_ref() {
             Target::Fjord(region) => replay_fjord(region, args.events).await?,
@@ -199,17 +202,19 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             partitions: is_fjord.then_some(args.partitions),
             events: args.events,
             event_size: args.event_size,
+            settled_secs,
             seconds,
             events_per_sec: args.events as f64 / seconds,
             mb_per_sec: bytes as f64 / seconds / 1e6,
             cpu_seconds_per_million_events: CpuSeconds::now(&pids).per_million_since(&cpu_before, args.events),
         };
         let line = format!(
-            "replay {:?}: {} events of {} B in {:.2} s: {:.0} events/s ({:.1} MB/s); CPU-s per M events: servers \
-             {:.1}, client {:.1}",
+            "replay {:?}: {} events of {} B (settled {:.0} s after the preload) in {:.2} s: {:.0} events/s ({:.1} \
+             MB/s); CPU-s per M events: servers {:.1}, client {:.1}",
             point.system,
             point.events,
             point.event_size,
+            point.settled_secs,
             point.seconds,
             point.events_per_sec,
             point.mb_per_sec,
@@ -218,6 +223,32 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         );
         print(args.json, &point, &line)
     })
+}
+
+/// The servers' CPU over one second below which a preloaded system counts as settled.
+const SETTLED_CPU_SHARE: f64 = 0.05;
+/// The longest a replay waits for the servers to settle after the preload.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
+
+/// Waits until the servers have finished what the preload left them (flushes, compactions, sealing
+/// segments, snapshots: work a replay should not be measured beside), that is until they use less than
+/// [`SETTLED_CPU_SHARE`] of a core over a second, or [`SETTLE_AT_MOST`]; the seconds it waited.
+async fn settle(pids: &[u32]) -> f64 {
+    let started = Instant::now();
+    let mut before = CpuSeconds::now(pids);
+    while started.elapsed() < SETTLE_AT_MOST {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = CpuSeconds::now(pids);
+        if now.servers - before.servers < SETTLED_CPU_SHARE {
+            break;
+        }
+        before = now;
+        eprintln!(
+            "replay: waiting for the servers to settle after the preload ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// Appends `count` events of `size` bytes with [`PRELOAD_WRITERS`] writers, showing progress on stderr.

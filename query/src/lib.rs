@@ -1,4 +1,28 @@
-//! `fjord-query` will own SQL: the DataFusion catalog (the `events` table over the local log, every view,
-//! the system tables), the Postgres wire protocol, Arrow Flight SQL, and consistency tokens.
+//! `fjord-query`: SQL over the node's log. A DataFusion engine ([`engine`]) with the table `events`
+//! ([`events`], a scan of the applied log that pushes down partitions, offset ranges, streams, stream
+//! prefixes, types and commit times: [`filter`]), the system tables ([`system`]), the streams a caller may
+//! see ([`scope`]), where an answer stands in the log ([`cut`]), and one error type for every interface
+//! ([`error`]). The transports (gRPC, Postgres wire, Flight SQL) sit in the node and call [`QueryEngine`].
 //!
-//! It builds on `fjord-projections` and `fjord-log`, never on Raft. Built by the SQL issue; empty until then.
+//! It builds on `fjord-log` (and, for views, `fjord-projections`), never on Raft: what the node knows of
+//! its region comes in through [`system::RegionView`].
+
+pub mod cut;
+pub mod engine;
+pub mod error;
+mod events;
+mod filter;
+pub mod schema;
+pub mod scope;
+pub mod system;
+
+pub use cut::Cut;
+pub use engine::QueryEngine;
+pub use engine::QueryLimits;
+pub use engine::QueryRequest;
+pub use engine::QueryResult;
+pub use engine::QueryStream;
+pub use error::ErrorKind;
+pub use error::QueryError;
+pub use scope::StreamScope;
+pub use system::RegionView;

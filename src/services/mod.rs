@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod event_store;
 pub mod named;
+pub mod query;
 pub mod routing;
 pub mod stored;
 pub mod streaming;

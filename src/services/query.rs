@@ -1,0 +1,199 @@
+//! `Query`: SQL over the node's log through [`fjord_query::QueryEngine`], answered as one Arrow IPC stream
+//! cut into messages (schema, record batches, end marker), with the answer's freshness in the first. The
+//! query runs on the node that receives it, whichever it is: every node holds every partition.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fjord_proto::v1;
+use fjord_proto::v1::query_server::Query;
+use fjord_query::ErrorKind;
+use fjord_query::QueryEngine;
+use fjord_query::QueryError;
+use fjord_query::QueryRequest;
+use fjord_query::StreamScope;
+use futures::StreamExt;
+use tokio_stream::Stream;
+use tonic::Code;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::pb;
+use crate::security::access::Caller;
+use crate::security::tokens::Operation;
+
+/// Arrow IPC bytes per response message, about: a larger record batch is cut into row ranges this size.
+pub const MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The `Query` service of one node.
+pub struct QueryService {
+    engine: Arc<QueryEngine>,
+    node_id: u64,
+}
+
+impl QueryService {
+    /// The service over `engine`, on node `node_id`.
+    pub fn new(engine: Arc<QueryEngine>, node_id: u64) -> Self {
+        QueryService { engine, node_id }
+    }
+}
+
+type SqlStream = Pin<Box<dyn Stream<Item = Result<v1::SqlResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    type SqlStream = SqlStream;
+
+    async fn sql(&self, request: Request<v1::SqlRequest>) -> Result<Response<SqlStream>, Status> {
+        let scope = query_scope(&request)?;
+        let v1::SqlRequest { sql, wait_for } = request.into_inner();
+        let wait_for: BTreeMap<u32, u64> =
+            wait_for.map(|token| token.partition_offsets.into_iter().collect()).unwrap_or_default();
+        let result = self.engine.query(QueryRequest { sql, scope, wait_for }).await.map_err(query_status)?;
+        let freshness = v1::Freshness {
+            node_id: self.node_id,
+            applied_offsets: result.cut.offsets().iter().copied().collect(),
+            taken_at_micros: micros_since_epoch(result.cut.taken_at()),
+        };
+        let messages = ipc_messages(result.stream).map(|message| message.map_err(query_status));
+        let mut freshness = Some(freshness);
+        let responses = messages
+            .map(move |message| message.map(|arrow_ipc| v1::SqlResponse { arrow_ipc, freshness: freshness.take() }));
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// The answer as consecutive pieces of one Arrow IPC stream: the schema, each batch (cut to about
+/// [`MESSAGE_BYTES`]), then the end marker, which only a query that finished sends.
+fn ipc_messages(query: fjord_query::QueryStream) -> impl Stream<Item = Result<Vec<u8>, QueryError>> + Send {
+    use datafusion::arrow::ipc::writer::StreamWriter;
+    let internal = |error: datafusion::arrow::error::ArrowError| QueryError::Internal(error.to_string());
+    let writer = StreamWriter::try_new(Vec::new(), &query.schema()).map_err(internal);
+    futures::stream::unfold(Some((writer, query, true)), move |state| async move {
+        let (mut writer, mut query, first) = state?;
+        let writer_ref = match writer.as_mut() {
+            Ok(writer) => writer,
+            Err(error) => return Some((Err(QueryError::Internal(error.to_string())), None)),
+        };
+        if first {
+            // The schema, written when the writer was made.
+            let schema = std::mem::take(writer_ref.get_mut());
+            return Some((Ok(schema), Some((writer, query, false))));
+        }
+        match query.next().await {
+            Some(Ok(batch)) => {
+                let rows = batch.num_rows().max(1);
+                let pieces = batch.get_array_memory_size().div_ceil(MESSAGE_BYTES).clamp(1, rows);
+                let per_piece = rows.div_ceil(pieces);
+                for start in (0..batch.num_rows()).step_by(per_piece) {
+                    let piece = batch.slice(start, per_piece.min(batch.num_rows() - start));
+                    if let Err(error) = writer_ref.write(&piece) {
+                        return Some((Err(internal(error)), None));
+                    }
+                }
+                let bytes = std::mem::take(writer_ref.get_mut());
+                Some((Ok(bytes), Some((writer, query, false))))
+            }
+            Some(Err(error)) => Some((Err(error), None)),
+            None => match writer_ref.finish() {
+                Ok(()) => Some((Ok(std::mem::take(writer_ref.get_mut())), None)),
+                Err(error) => Some((Err(internal(error)), None)),
+            },
+        }
+    })
+}
+
+/// The streams the caller's token grants `query` on (a forwarding node: every stream).
+fn query_scope<T>(request: &Request<T>) -> Result<StreamScope, Status> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Peer(_)) => Ok(StreamScope::all()),
+        Some(Caller::Client(claims)) => {
+            let prefixes: Vec<String> = claims
+                .grants
+                .iter()
+                .filter(|grant| grant.operations.contains(&Operation::Query))
+                .map(|grant| grant.stream_prefix.clone())
+                .collect();
+            if prefixes.is_empty() {
+                return Err(pb::status(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    format!("the token of {:?} does not grant query on any stream", claims.sub),
+                ));
+            }
+            Ok(StreamScope::prefixes(prefixes))
+        }
+        None => Err(pb::status(Code::Unauthenticated, "UNAUTHENTICATED", "no caller was established for this request")),
+    }
+}
+
+/// A query's failure as a status, with its reason.
+pub fn query_status(error: QueryError) -> Status {
+    let code = match error.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
+    };
+    pb::status(code, error.reason(), error.to_string())
+}
+
+fn micros_since_epoch(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The region as the system tables show it: this node's Raft view of every partition, and the members.
+pub struct GroupsView {
+    groups: Arc<fjord_raft::groups::Groups>,
+}
+
+impl GroupsView {
+    /// The view through `groups`.
+    pub fn new(groups: Arc<fjord_raft::groups::Groups>) -> Self {
+        GroupsView { groups }
+    }
+}
+
+impl std::fmt::Debug for GroupsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupsView").field("node", &self.groups.node()).finish()
+    }
+}
+
+impl fjord_query::RegionView for GroupsView {
+    fn partitions(&self) -> Vec<fjord_query::system::PartitionRow> {
+        let node = self.groups.node();
+        (0..self.groups.group_count())
+            .filter_map(|partition| {
+                let status = self.groups.status(partition).ok()?;
+                Some(fjord_query::system::PartitionRow {
+                    node,
+                    partition,
+                    role: status.role.to_owned(),
+                    leader: status.leader,
+                    term: status.term,
+                    last_log_index: status.last_log_index,
+                    applied_index: status.applied_index,
+                    applied_offset: status.applied.next_offset.0,
+                })
+            })
+            .collect()
+    }
+
+    fn members(&self) -> Vec<fjord_query::system::MemberRow> {
+        self.groups
+            .members()
+            .into_iter()
+            .map(|member| fjord_query::system::MemberRow {
+                node: member.id,
+                address: member.address,
+                voter: member.voter,
+            })
+            .collect()
+    }
+}

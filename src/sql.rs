@@ -1,0 +1,202 @@
+//! `fjord sql "SELECT ..."`: one statement against a running region's `Query` service, printed as an
+//! aligned table (or `--csv`, or `--json`: one object per row), with where the answer stands in the log
+//! on stderr.
+
+use std::io::Write;
+
+use anyhow::Context;
+use datafusion::arrow::array::Array;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::ipc::reader::StreamDecoder;
+use datafusion::arrow::util::display::ArrayFormatter;
+use datafusion::arrow::util::display::FormatOptions;
+use fjord_proto::v1;
+use fjord_proto::v1::query_client::QueryClient;
+use serde_json::Value;
+
+use crate::client::ClientArgs;
+use crate::client::failed;
+
+/// The largest answer message the client takes (the server cuts its messages to about 1 MiB).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Flags of `fjord sql`.
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// One statement that reads, e.g. `SELECT type, count(*) FROM events GROUP BY type`.
+    statement: String,
+    /// Print CSV (a header, then one line per row) instead of a table.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+}
+
+impl SqlArgs {
+    /// Runs the statement and prints its answer.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let channel = self.client.channel().await?;
+        let mut client = QueryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = v1::SqlRequest { sql: self.statement.clone(), wait_for: None };
+        let mut responses = client.sql(request).await.map_err(failed)?.into_inner();
+        let mut answer = Answer::default();
+        while let Some(response) = responses.message().await.map_err(failed)? {
+            if let Some(freshness) = response.freshness {
+                answer.freshness = Some(freshness);
+            }
+            answer.decode(response.arrow_ipc)?;
+        }
+        answer.decoder.finish().context("the answer ended before its end marker")?;
+        let mut out = std::io::stdout().lock();
+        match (self.client.json, self.csv) {
+            (true, _) => answer.print_json(&mut out)?,
+            (_, true) => answer.print_csv(&mut out)?,
+            _ => answer.print_table(&mut out)?,
+        }
+        out.flush()?;
+        eprintln!("{}", answer.summary());
+        Ok(())
+    }
+}
+
+/// An answer as it arrives.
+#[derive(Default)]
+struct Answer {
+    decoder: StreamDecoder,
+    batches: Vec<RecordBatch>,
+    freshness: Option<v1::Freshness>,
+}
+
+impl Answer {
+    fn decode(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let mut buffer = Buffer::from(bytes);
+        while !buffer.is_empty() {
+            if let Some(batch) = self.decoder.decode(&mut buffer).context("decoding the answer")? {
+                self.batches.push(batch);
+            }
+        }
+        Ok(())
+    }
+
+    fn column_names(&self) -> Vec<String> {
+        self.decoder.schema().map_or_else(Vec::new, |schema| schema.fields().iter().map(|f| f.name().clone()).collect())
+    }
+
+    /// Every row as its columns' display texts (`None`: NULL).
+    fn rows(&self) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        let options = FormatOptions::new();
+        let mut rows = Vec::new();
+        for batch in &self.batches {
+            let formatters = batch
+                .columns()
+                .iter()
+                .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()?;
+            for row in 0..batch.num_rows() {
+                let cells = batch
+                    .columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(column, formatter)| (!column.is_null(row)).then(|| formatter.value(row).to_string()))
+                    .collect();
+                rows.push(cells);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn print_table(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let names = self.column_names();
+        let rows = self.rows()?;
+        let numeric = self.numeric_columns();
+        let cell = |value: &Option<String>| crate::client::printable(value.as_deref().unwrap_or("NULL")).into_owned();
+        let mut widths: Vec<usize> = names.iter().map(|name| name.chars().count()).collect();
+        for row in &rows {
+            for (width, value) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell(value).chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| -> String {
+            let padded: Vec<String> = cells
+                .into_iter()
+                .zip(&widths)
+                .zip(&numeric)
+                .map(|((text, width), numeric)| match numeric {
+                    true => format!("{text:>width$}"),
+                    false => format!("{text:<width$}"),
+                })
+                .collect();
+            padded.join(" | ").trim_end().to_owned()
+        };
+        writeln!(out, "{}", line(names.iter().map(|name| printable_owned(name)).collect()))?;
+        writeln!(out, "{}", widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>().join("-+-"))?;
+        for row in &rows {
+            writeln!(out, "{}", line(row.iter().map(cell).collect()))?;
+        }
+        Ok(())
+    }
+
+    fn print_csv(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let quote = |text: &str| match text.contains([',', '"', '\n', '\r']) {
+            true => format!("\"{}\"", text.replace('"', "\"\"")),
+            false => text.to_owned(),
+        };
+        writeln!(out, "{}", self.column_names().iter().map(|name| quote(name)).collect::<Vec<_>>().join(","))?;
+        for row in self.rows()? {
+            let cells: Vec<String> = row.iter().map(|value| value.as_deref().map(quote).unwrap_or_default()).collect();
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        Ok(())
+    }
+
+    fn print_json(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let names = self.column_names();
+        let numeric = self.numeric_columns();
+        let booleans = self.columns_of(|data_type| matches!(data_type, DataType::Boolean));
+        for row in self.rows()? {
+            let object: serde_json::Map<String, Value> = names
+                .iter()
+                .zip(row)
+                .enumerate()
+                .map(|(index, (name, value))| {
+                    let value = match value {
+                        None => Value::Null,
+                        Some(text) if numeric[index] || booleans[index] => {
+                            serde_json::from_str(&text).unwrap_or(Value::String(text))
+                        }
+                        Some(text) => Value::String(text),
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            writeln!(out, "{}", Value::Object(object))?;
+        }
+        Ok(())
+    }
+
+    fn numeric_columns(&self) -> Vec<bool> {
+        self.columns_of(DataType::is_numeric)
+    }
+
+    fn columns_of(&self, kind: impl Fn(&DataType) -> bool) -> Vec<bool> {
+        self.decoder
+            .schema()
+            .map_or_else(Vec::new, |schema| schema.fields().iter().map(|f| kind(f.data_type())).collect())
+    }
+
+    /// How many rows, and where the answer stands in the log.
+    fn summary(&self) -> String {
+        let rows: usize = self.batches.iter().map(RecordBatch::num_rows).sum();
+        let Some(freshness) = &self.freshness else { return format!("({rows} rows)") };
+        let mut offsets: Vec<(u32, u64)> = freshness.applied_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        offsets.sort_unstable();
+        let offsets: Vec<String> = offsets.iter().map(|(partition, offset)| format!("{partition}:{offset}")).collect();
+        format!("({rows} rows; as of node {}'s applied log, partition:offset {})", freshness.node_id, offsets.join(" "))
+    }
+}
+
+fn printable_owned(text: &str) -> String {
+    crate::client::printable(text).into_owned()
+}
