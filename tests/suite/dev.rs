@@ -71,6 +71,17 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
             .unwrap();
         assert!(!refused.status.success());
         assert!(String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"));
+        // The printed SQL command, as printed: the sample workload's events by type.
+        let sql = output.lines().find_map(|line| line.trim().strip_prefix("fjord sql ")).expect("fjord dev prints SQL");
+        let (sql_server, statement) = sql.strip_prefix("--server ").and_then(|rest| rest.split_once(' ')).unwrap();
+        let answer = Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["sql", "--server", sql_server, statement.trim_matches('"')])
+            .env("FJORD_TOKEN", printed_token(output))
+            .output()
+            .unwrap();
+        assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
+        let table = String::from_utf8_lossy(&answer.stdout);
+        assert!(table.starts_with("type ") && table.contains("OrderPlaced"), "{table}");
     });
     for node in 1..=3 {
         assert!(dir.path().join(format!("data/node-{node}")).is_dir(), "node {node} keeps its data under ./data");
