@@ -106,6 +106,8 @@ async fn a_forgetful_follower_and_a_dead_leader(options: &RegionOptions) -> (Tes
     for n in 100..130 {
         recorded_append(&history, &mut client, "while-one-is-stopped", n).await;
     }
+    // Marked in the durable-state record first (see `a_follower_killed_after_appends`).
+    tokio::time::sleep(fjord_raft::durable_state::LOG_MARK_INTERVAL * 3).await;
     region.node(forgetful).kill();
     let wal = nemesis::largest_wal(region.node(forgetful).data_dir()).expect("a write-ahead log file");
     let len = std::fs::metadata(&wal).unwrap().len();
