@@ -95,8 +95,8 @@ pub struct DevArgs {
     /// Where the three nodes keep their data (one directory each).
     #[arg(long, env = "FJORD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// The first node's public port; the others take the next two, and the three after are the nodes'
-    /// node-to-node ports.
+    /// The first node's public port; the others take the next two, the three after are the nodes'
+    /// node-to-node ports, and the three after those their Postgres ports.
     #[arg(long, env = "FJORD_DEV_PORT", default_value_t = 7101)]
     pub port: u16,
     /// Number of partitions (fixed when the data dirs are first created).
@@ -119,6 +119,9 @@ pub struct ServerArgs {
     /// The address to serve the node-to-node plane on (mutual TLS).
     #[arg(long, env = "FJORD_INTERNAL_LISTEN")]
     pub internal_listen: Option<SocketAddr>,
+    /// The address to serve SQL over the Postgres wire protocol on (a token is the password).
+    #[arg(long, env = "FJORD_POSTGRES_LISTEN")]
+    pub postgres_listen: Option<SocketAddr>,
     /// The region's initial voters as `id=host:port,...`, their node-to-node addresses (used once, to
     /// bootstrap a new region).
     #[arg(long, env = "FJORD_PEERS", value_delimiter = ',')]
@@ -224,6 +227,9 @@ fn server_config(mut config: NodeConfig, args: ServerArgs) -> anyhow::Result<Nod
     }
     if let Some(internal_listen) = args.internal_listen {
         config.internal_listen = internal_listen;
+    }
+    if let Some(postgres_listen) = args.postgres_listen {
+        config.postgres_listen = postgres_listen;
     }
     if let Some(security_dir) = args.security_dir {
         config.security_dir = security_dir;

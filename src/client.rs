@@ -12,6 +12,7 @@ use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::event_store_client::EventStoreClient;
+use fjord_query::ConsistencyToken;
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -39,7 +40,7 @@ pub struct ClientArgs {
 }
 
 /// A channel to a node that presents the client's token with every request.
-type AuthorizedChannel = InterceptedService<Channel, BearerToken>;
+pub(crate) type AuthorizedChannel = InterceptedService<Channel, BearerToken>;
 
 impl ClientArgs {
     /// The token the flags give, from `--token`, `--token-file` or the environment.
@@ -181,10 +182,16 @@ impl AppendArgs {
         let client = self.client.fjord_client(&[])?;
         let response = client.append(&self.stream, expected, vec![event]).await.map_err(client_failed)?;
         let position = response.positions.first().copied().unwrap_or_default();
+        // Read your writes: a query carrying this text waits until its node has applied this append.
+        let token = response.token.map(|token| {
+            ConsistencyToken { region: token.region, offsets: token.partition_offsets.into_iter().collect() }
+                .to_string()
+        });
         let mut out = std::io::stdout().lock();
         if self.client.json {
             let line = json!({"stream": self.stream, "partition": position.partition, "offset": position.offset,
-                "revision": response.revision, "commit_time_micros": response.commit_time_micros});
+                "revision": response.revision, "commit_time_micros": response.commit_time_micros,
+                "consistency_token": token});
             writeln!(out, "{line}")?;
         } else {
             writeln!(
@@ -195,6 +202,9 @@ impl AppendArgs {
                 position.partition,
                 position.offset
             )?;
+            if let Some(token) = token {
+                writeln!(out, "consistency token: {token}   (fjord sql --wait-for, SET fjord.wait_for over psql)")?;
+            }
         }
         Ok(())
     }

@@ -27,6 +27,8 @@ const REGION: &str = "dev";
 /// How far above its public port each node's node-to-node port is: the public ports are the given one and
 /// the next two, the node-to-node ports the three after.
 const INTERNAL_PORT_OFFSET: u16 = 3;
+/// How far above its public port each node's Postgres port is: the three after the node-to-node ports.
+const POSTGRES_PORT_OFFSET: u16 = 6;
 
 /// Runs the dev region until Ctrl-C.
 pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
@@ -43,6 +45,7 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
         config.node_id = id;
         config.listen = listen;
         config.internal_listen = address(id, INTERNAL_PORT_OFFSET);
+        config.postgres_listen = address(id, POSTGRES_PORT_OFFSET);
         config.region = REGION.to_owned();
         config.data_dir = args.data_dir.join(format!("node-{id}"));
         config.security_dir = security.path().to_owned();
@@ -71,6 +74,16 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     println!("  fjord append --server {} order-1001 ItemAdded '{{\"sku\":\"tent\"}}'", addresses[&2]);
     println!("  fjord read --server {} order-1001", addresses[&3]);
     println!("  fjord sql --server {} \"SELECT type, count(*) FROM events GROUP BY type\"", addresses[&2]);
+    let postgres = address(3, POSTGRES_PORT_OFFSET);
+    println!(
+        "  PGPASSWORD=\"$FJORD_TOKEN\" psql -h {} -p {} -U analyst -d fjord -c \"SELECT type, count(*) FROM events GROUP BY type\"",
+        postgres.ip(),
+        postgres.port()
+    );
+    println!(
+        "  (Postgres wire on {}; Arrow Flight SQL on every node's gRPC address)",
+        (1..=3).map(|id| address(id, POSTGRES_PORT_OFFSET).to_string()).collect::<Vec<_>>().join(", ")
+    );
     println!(
         "  fjord token --dir {} --subject reader --grant read:order-   (a token that may only read orders)",
         security.path().display()

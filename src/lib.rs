@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev;
 pub mod node;
 pub mod pb;
+pub mod postgres;
 pub mod security;
 pub mod server;
 pub mod services;

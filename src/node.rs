@@ -43,6 +43,8 @@ use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::postgres;
+use crate::postgres::PostgresLimits;
 use crate::security::access::PeerAuthenticator;
 use crate::security::access::TokenAuthenticator;
 use crate::security::certs::SecurityDir;
@@ -50,10 +52,12 @@ use crate::security::certs::check_region_name;
 use crate::services::cluster::ClusterService;
 use crate::services::event_store::EventStoreService;
 use crate::services::event_store::ReadLimits;
+use crate::services::flight_sql::FlightSql;
 use crate::services::query::GroupsView;
 use crate::services::query::QueryService;
 use crate::services::routing::Router;
 use crate::services::subscriptions::SubscriptionLimits;
+use arrow_flight::flight_service_server::FlightServiceServer;
 
 /// Everything one node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The address to serve the node-to-node plane on (the Raft transport, forwarded requests; mutual TLS).
     pub internal_listen: SocketAddr,
+    /// The address to serve SQL over the Postgres wire protocol on (clients, with tokens as passwords).
+    pub postgres_listen: SocketAddr,
     /// The region's initial voters, `id → internal address`, used once to bootstrap a new region.
     pub initial_members: BTreeMap<NodeId, String>,
     /// Where the node keeps its data.
@@ -86,6 +92,8 @@ pub struct NodeConfig {
     pub groups: GroupsConfig,
     /// What one SQL query may take (`[query]`).
     pub query: QueryLimits,
+    /// What the Postgres endpoint takes on (`[postgres]`).
+    pub postgres: PostgresLimits,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +103,7 @@ impl Default for NodeConfig {
             region: "local".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
             internal_listen: SocketAddr::from(([127, 0, 0, 1], 7201)),
+            postgres_listen: SocketAddr::from(([127, 0, 0, 1], 7301)),
             initial_members: BTreeMap::new(),
             data_dir: PathBuf::from("data"),
             security_dir: PathBuf::from("security"),
@@ -104,6 +113,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             groups: GroupsConfig::default(),
             query: QueryLimits::default(),
+            postgres: PostgresLimits::default(),
         }
     }
 }
@@ -211,7 +221,13 @@ pub struct NodeRoutes {
     advertised: Vec<&'static str>,
     tokens: TokenAuthenticator,
     peers: PeerAuthenticator,
+    servers: Vec<OtherServer>,
 }
+
+/// A server of another protocol than gRPC (Postgres's), started with the node and told when it stops.
+pub type OtherServer = Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> ServerFuture + Send>;
+/// What an [`OtherServer`] runs until the node stops.
+pub type ServerFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Where a service is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +240,16 @@ pub enum Plane {
 }
 
 impl NodeRoutes {
+    /// The key the public plane's tokens are checked with, for a server that checks them itself.
+    pub fn token_key(&self) -> Arc<crate::security::tokens::TokenKey> {
+        self.tokens.key()
+    }
+
+    /// Runs `server` (a protocol other than gRPC, on a listener of its own) while the node serves.
+    pub fn add_server(&mut self, server: OtherServer) {
+        self.servers.push(server);
+    }
+
     /// Serves `service` on `plane`, behind that plane's authentication.
     pub fn add<S>(&mut self, plane: Plane, service: S)
     where
@@ -305,6 +331,7 @@ impl NodeBuilder {
             advertised: vec![name_of(&health_service)],
             tokens: TokenAuthenticator::new(Arc::new(credentials.token_key)),
             peers: PeerAuthenticator::new(&context.config.region),
+            servers: Vec::new(),
         };
         routes.add(
             Plane::Internal,
@@ -330,7 +357,9 @@ impl NodeBuilder {
         let limits = &context.config.server;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let internal_tls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
-        let servers = [
+        let mut servers: Vec<JoinHandle<anyhow::Result<()>>> =
+            routes.servers.into_iter().map(|server| tokio::spawn(server(stopped.clone()))).collect();
+        let grpc = [
             tokio::spawn(
                 limits
                     .server()
@@ -349,6 +378,7 @@ impl NodeBuilder {
                     .serve_with_incoming_shutdown(incoming(internal), stop_when(stopped)),
             ),
         ];
+        servers.extend(grpc.map(|server| tokio::spawn(async move { Ok(server.await??) })));
 
         let config = &context.config;
         let lowest = config.initial_members.keys().next().copied();
@@ -430,11 +460,23 @@ pub fn query_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<
     let limits = node.config.query.clone();
     let decode_limit = limits.max_query_bytes.saturating_add(64 * 1024);
     let region = Arc::new(GroupsView::new(node.groups.clone()));
-    let engine = QueryEngine::new(node.groups.log_store().clone(), region, limits)?;
-    let query = QueryServer::new(QueryService::new(Arc::new(engine), node.config.node_id))
+    let engine = Arc::new(QueryEngine::new(node.groups.log_store().clone(), region, limits)?);
+    let config = &node.config;
+    let query = QueryServer::new(QueryService::new(engine.clone(), config.node_id, config.region.clone()))
         .max_decoding_message_size(decode_limit)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     routes.add(Plane::Public, query);
+    let flight = FlightServiceServer::new(FlightSql::new(engine.clone(), config.node_id, config.region.clone()))
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    routes.add(Plane::Public, flight);
+    let listener = std::net::TcpListener::bind(config.postgres_listen)
+        .with_context(|| format!("listening for Postgres clients on {}", config.postgres_listen))?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let (key, region, limits) = (routes.token_key(), config.region.clone(), config.postgres.clone());
+    tracing::info!(address = %listener.local_addr()?, "serving SQL over the Postgres wire protocol");
+    routes.add_server(Box::new(move |stop| Box::pin(postgres::serve(listener, engine, key, region, limits, stop))));
     Ok(())
 }
 
@@ -444,7 +486,7 @@ pub struct Node {
     internal_address: SocketAddr,
     groups: Arc<Groups>,
     stop: tokio::sync::watch::Sender<bool>,
-    servers: [JoinHandle<Result<(), tonic::transport::Error>>; 2],
+    servers: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Node {

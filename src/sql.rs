@@ -1,6 +1,7 @@
-//! `fjord sql "SELECT ..."`: one statement against a running region's `Query` service, printed as an
-//! aligned table (or `--csv`, or `--json`: one object per row), with where the answer stands in the log
-//! on stderr.
+//! `fjord sql`: statements against a running region's `Query` service. `fjord sql "SELECT ..."` runs one
+//! and prints an aligned table (or `--csv`, or `--json`: one object per row), with where the answer stands
+//! in the log on stderr; `fjord sql` alone opens a prompt (line editing, a history file, statements over
+//! several lines up to their `;`).
 
 use std::io::Write;
 
@@ -14,32 +15,65 @@ use datafusion::arrow::util::display::ArrayFormatter;
 use datafusion::arrow::util::display::FormatOptions;
 use fjord_proto::v1;
 use fjord_proto::v1::query_client::QueryClient;
+use fjord_query::ConsistencyToken;
+use rustyline::error::ReadlineError;
 use serde_json::Value;
 
+use crate::client::AuthorizedChannel;
 use crate::client::ClientArgs;
 use crate::client::failed;
 
 /// The largest answer message the client takes (the server cuts its messages to about 1 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How many statements the prompt's history file keeps.
+const HISTORY_LINES: usize = 1000;
 
 /// Flags of `fjord sql`.
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// One statement that reads, e.g. `SELECT type, count(*) FROM events GROUP BY type`.
-    statement: String,
+    /// One statement that reads, e.g. `SELECT type, count(*) FROM events GROUP BY type`; none: a prompt
+    /// that runs statements ending in `;` until `\q` or Ctrl-D.
+    statement: Option<String>,
+    /// Read your writes: wait (bounded) until the node has applied this consistency token, which `fjord
+    /// append` prints, before answering.
+    #[arg(long)]
+    wait_for: Option<String>,
     /// Print CSV (a header, then one line per row) instead of a table.
     #[arg(long, conflicts_with = "json")]
     csv: bool,
 }
 
 impl SqlArgs {
-    /// Runs the statement and prints its answer.
+    /// Runs the statement (or the prompt) and prints the answers.
     pub async fn run(self) -> anyhow::Result<()> {
+        let wait_for = match &self.wait_for {
+            Some(text) => {
+                let token: ConsistencyToken = text.parse().map_err(|e| anyhow::anyhow!("--wait-for: {e}"))?;
+                Some(v1::ConsistencyToken {
+                    region: token.region,
+                    partition_offsets: token.offsets.into_iter().collect(),
+                })
+            }
+            None => None,
+        };
         let channel = self.client.channel().await?;
         let mut client = QueryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let request = v1::SqlRequest { sql: self.statement.clone(), wait_for: None };
+        match &self.statement {
+            Some(statement) => self.answer(&mut client, statement, wait_for).await,
+            None => self.prompt(&mut client, wait_for).await,
+        }
+    }
+
+    /// Runs `statement` and prints its answer.
+    async fn answer(
+        &self,
+        client: &mut QueryClient<AuthorizedChannel>,
+        statement: &str,
+        wait_for: Option<v1::ConsistencyToken>,
+    ) -> anyhow::Result<()> {
+        let request = v1::SqlRequest { sql: statement.to_owned(), wait_for };
         let mut responses = client.sql(request).await.map_err(failed)?.into_inner();
         let mut answer = Answer::default();
         while let Some(response) = responses.message().await.map_err(failed)? {
@@ -57,6 +91,58 @@ impl SqlArgs {
         }
         out.flush()?;
         eprintln!("{}", answer.summary());
+        Ok(())
+    }
+
+    /// The prompt: reads statements (each up to its `;`, over as many lines as it takes), runs each and
+    /// prints its answer or its error, until `\q`, `exit` or Ctrl-D. History lives in
+    /// `$HOME/.fjord_sql_history`.
+    async fn prompt(
+        &self,
+        client: &mut QueryClient<AuthorizedChannel>,
+        wait_for: Option<v1::ConsistencyToken>,
+    ) -> anyhow::Result<()> {
+        let config = rustyline::Config::builder().max_history_size(HISTORY_LINES)?.auto_add_history(false).build();
+        let mut editor = rustyline::DefaultEditor::with_config(config)?;
+        let history = std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".fjord_sql_history"));
+        if let Some(history) = &history {
+            // A first run has no history yet.
+            let _ = editor.load_history(history);
+        }
+        let mut statement = String::new();
+        loop {
+            let prompt = if statement.is_empty() { "fjord> " } else { "  ...> " };
+            let line = match tokio::task::block_in_place(|| editor.readline(prompt)) {
+                Ok(line) => line,
+                // Ctrl-C drops the statement being typed, as psql does.
+                Err(ReadlineError::Interrupted) => {
+                    statement.clear();
+                    continue;
+                }
+                Err(ReadlineError::Eof) => break,
+                Err(error) => return Err(error.into()),
+            };
+            let trimmed = line.trim();
+            if statement.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit") {
+                break;
+            }
+            if trimmed.is_empty() && statement.is_empty() {
+                continue;
+            }
+            statement.push_str(&line);
+            statement.push('\n');
+            if !trimmed.ends_with(';') {
+                continue;
+            }
+            let text = std::mem::take(&mut statement);
+            let _ = editor.add_history_entry(text.trim_end());
+            if let Err(error) = self.answer(client, text.trim().trim_end_matches(';'), wait_for.clone()).await {
+                eprintln!("error: {error:#}");
+            }
+        }
+        if let Some(history) = &history {
+            let _ = editor.save_history(history);
+        }
         Ok(())
     }
 }

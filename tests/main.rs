@@ -39,6 +39,8 @@ mod region;
 mod segments;
 #[path = "suite/sql.rs"]
 mod sql;
+#[path = "suite/sql_clients.rs"]
+mod sql_clients;
 #[path = "suite/storage_faults.rs"]
 mod storage_faults;
 #[path = "suite/subscriptions.rs"]

@@ -23,6 +23,8 @@ pub(crate) struct FjordRegion {
     /// The nodes' public addresses and the admin token, for `fjord-client`.
     addresses: Vec<String>,
     token: String,
+    /// The nodes' Postgres wire protocol addresses.
+    postgres_addresses: Vec<String>,
     /// The nodes' data, removed when the region is dropped (after its processes are killed).
     _data: TempDir,
 }
@@ -52,9 +54,16 @@ impl FjordRegion {
         let nodes = spec.nodes(&launcher::loopback_addresses(&ids));
         let env = [("FJORD_LOG".to_owned(), "error".to_owned())];
         let addresses = nodes.iter().map(|node| node.address.clone()).collect();
+        let postgres_addresses = nodes.iter().map(|node| node.postgres_address.clone()).collect();
         let admin_token = std::fs::read_to_string(spec.security_dir().join("admin.token"))?.trim().to_owned();
-        let mut region =
-            FjordRegion { children: Vec::new(), channels: Vec::new(), addresses, token: admin_token, _data: data };
+        let mut region = FjordRegion {
+            children: Vec::new(),
+            channels: Vec::new(),
+            addresses,
+            token: admin_token,
+            postgres_addresses,
+            _data: data,
+        };
         for node in &nodes {
             let child = node
                 .spawn(|| node.command(&args.fjord, &env))
@@ -99,6 +108,21 @@ impl FjordRegion {
     /// A raw `EventStore` client of node `node mod n`.
     pub(crate) fn store(&self, node: usize) -> EventStoreClient<NodeChannel> {
         EventStoreClient::new(self.channels[node % self.channels.len()].clone())
+    }
+
+    /// Node `node mod n`'s public address (gRPC, Flight SQL).
+    pub(crate) fn address(&self, node: usize) -> &str {
+        &self.addresses[node % self.addresses.len()]
+    }
+
+    /// Node `node mod n`'s Postgres wire protocol address.
+    pub(crate) fn postgres_address(&self, node: usize) -> &str {
+        &self.postgres_addresses[node % self.postgres_addresses.len()]
+    }
+
+    /// The region's admin token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 
     /// The server processes.

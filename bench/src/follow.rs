@@ -233,7 +233,7 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 /// Waits until the servers have finished what the preload left them (flushes, compactions, sealing
 /// segments, snapshots: work a replay should not be measured beside), that is until they use less than
 /// [`SETTLED_CPU_SHARE`] of a core over a second, or [`SETTLE_AT_MOST`]; the seconds it waited.
-async fn settle(pids: &[u32]) -> f64 {
+pub(crate) async fn settle(pids: &[u32]) -> f64 {
     let started = Instant::now();
     let mut before = CpuSeconds::now(pids);
     while started.elapsed() < SETTLE_AT_MOST {
@@ -243,10 +243,7 @@ async fn settle(pids: &[u32]) -> f64 {
             break;
         }
         before = now;
-        eprintln!(
-            "replay: waiting for the servers to settle after the preload ({:.0} s)",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("waiting for the servers to settle after the preload ({:.0} s)", started.elapsed().as_secs_f64());
     }
     started.elapsed().as_secs_f64()
 }

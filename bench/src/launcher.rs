@@ -34,19 +34,23 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// A channel to a node that presents a token with every request.
 pub type NodeChannel = InterceptedService<Channel, BearerToken>;
 
-/// Where a node listens: its public API, and its node-to-node plane (which its peers know it by).
+/// Where a node listens: its public API, its node-to-node plane (which its peers know it by), and SQL
+/// over the Postgres wire protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddresses {
     /// The public API, `host:port`.
     pub public: String,
     /// The node-to-node plane, `host:port`.
     pub internal: String,
+    /// The Postgres wire protocol, `host:port`.
+    pub postgres: String,
 }
 
-/// Two free loopback addresses for one node (see [`free_ports`]).
+/// Three free loopback addresses for one node (see [`free_ports`]).
 pub fn free_addresses() -> NodeAddresses {
-    let first = free_ports(2);
-    NodeAddresses { public: format!("127.0.0.1:{first}"), internal: format!("127.0.0.1:{}", first + 1) }
+    let first = free_ports(3);
+    let address = |offset: u16| format!("127.0.0.1:{}", first + offset);
+    NodeAddresses { public: address(0), internal: address(1), postgres: address(2) }
 }
 
 /// The first of `count` consecutive loopback ports that are free now. They are taken below the kernel's
@@ -133,6 +137,7 @@ impl RegionSpec {
             id,
             address: addresses.public,
             internal_address: addresses.internal,
+            postgres_address: addresses.postgres,
             peers,
             partitions: self.partitions,
             data_dir: self.dir.join(format!("node-{id}")),
@@ -152,6 +157,8 @@ pub struct NodeSpec {
     pub address: String,
     /// The address of its node-to-node plane (`host:port`).
     pub internal_address: String,
+    /// The address it serves the Postgres wire protocol on (`host:port`).
+    pub postgres_address: String,
     /// The region's initial voters, `id=host:port,…` (node-to-node addresses; empty for a node added later).
     pub peers: String,
     /// Partitions.
@@ -167,7 +174,7 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
-    /// `server --node-id <id> --listen <address> --internal-listen <address> --peers <peers>
+    /// `server --node-id <id> --listen <address> --internal-listen <address> --postgres-listen <address> --peers <peers>
     /// --partitions <n> --region <name> --data-dir <dir> --security-dir <dir> [--config <file>]`.
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec![
@@ -178,6 +185,8 @@ impl NodeSpec {
             self.address.clone(),
             "--internal-listen".into(),
             self.internal_address.clone(),
+            "--postgres-listen".into(),
+            self.postgres_address.clone(),
             "--peers".into(),
             self.peers.clone(),
             "--partitions".into(),

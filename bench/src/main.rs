@@ -12,6 +12,7 @@ mod follow;
 mod load;
 mod log_append;
 mod peers;
+mod query;
 mod report;
 mod summary;
 mod target;
@@ -47,6 +48,9 @@ enum Workload {
     Live(follow::LiveArgs),
     /// Appends alone, then beside subscribers that never read: the append rate of each and the nodes' memory.
     Stalled(follow::StalledArgs),
+    /// SQL over a preloaded e-commerce workload against DuckDB over the same events, and appends beside
+    /// heavy queries.
+    Query(query::QueryArgs),
     /// Turns the JSON results of a run into bench/RESULTS.md's tables, with Fjord/peer ratios.
     Report(report::ReportArgs),
 }
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Workload::AppendThroughput(args) => append::throughput(&args),
         Workload::AppendBatch(args) => append::batch(&args),
         Workload::Replay(args) => follow::replay(&args),
+        Workload::Query(args) => query::run(&args),
         Workload::Live(args) => follow::live(&args),
         Workload::Stalled(args) => follow::stalled(&args),
         Workload::Report(args) => report::run(&args),

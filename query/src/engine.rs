@@ -11,6 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::CatalogProvider;
 use datafusion::catalog::CatalogProviderList;
@@ -18,6 +19,7 @@ use datafusion::catalog::SchemaProvider;
 use datafusion::catalog::memory::MemoryCatalogProvider;
 use datafusion::catalog::memory::MemoryCatalogProviderList;
 use datafusion::catalog::memory::MemorySchemaProvider;
+use datafusion::common::ScalarValue;
 use datafusion::common::config::Dialect;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -29,6 +31,7 @@ use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
@@ -49,9 +52,10 @@ use crate::scope::StreamScope;
 use crate::system;
 use crate::system::RegionView;
 
-/// The catalog and schema every table lives in (`datafusion.public.events`).
-const CATALOG: &str = "datafusion";
-const SCHEMA: &str = "public";
+/// The catalog every table lives in (`fjord.public.events`).
+pub const CATALOG: &str = "fjord";
+/// The schema every table lives in.
+pub const SCHEMA: &str = "public";
 
 /// How much a query may take. Each limit fails the query with a clear error; the node keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,13 +92,33 @@ impl Default for QueryLimits {
 /// What a query asks.
 #[derive(Debug, Clone)]
 pub struct QueryRequest {
-    /// One SQL statement that reads.
+    /// One SQL statement that reads; `$1`, `$2`… stand for `params`.
     pub sql: String,
     /// The streams the caller may see.
     pub scope: StreamScope,
     /// Offsets (per partition: the offset after the caller's last write) this node must have applied
     /// before the query starts: read-your-writes on any node.
     pub wait_for: BTreeMap<u32, u64>,
+    /// The values of the statement's parameters, in order (each cast to the type the statement gives its
+    /// parameter, where it gives one).
+    pub params: Vec<ScalarValue>,
+}
+
+impl QueryRequest {
+    /// A statement without parameters that waits for nothing.
+    pub fn new(sql: impl Into<String>, scope: StreamScope) -> Self {
+        QueryRequest { sql: sql.into(), scope, wait_for: BTreeMap::new(), params: Vec::new() }
+    }
+}
+
+/// A statement planned but not run: what its parameters and its answer look like (a prepared statement's
+/// description, a Flight SQL `FlightInfo`'s schema).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Each parameter's type (`$1` first), where the statement decides it.
+    pub parameter_types: Vec<Option<DataType>>,
+    /// The answer's schema, exactly as running the statement streams it.
+    pub schema: SchemaRef,
 }
 
 /// The SQL engine of one node.
@@ -117,7 +141,8 @@ impl QueryEngine {
     pub fn new(store: Arc<LogStore>, region: Arc<dyn RegionView>, limits: QueryLimits) -> Result<Self, QueryError> {
         let mut config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, NonZeroUsize::get))
-            .with_information_schema(true);
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG, SCHEMA);
         // Postgres's dialect: `->>` on JSON, and what psql and drivers send.
         config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
         let disk = match limits.spill_bytes {
@@ -158,18 +183,14 @@ impl QueryEngine {
         let context = self.context(&request.scope, &cut)?;
         let memory = self.limits.memory_bytes;
         let start = async {
-            let statement = context.state().sql_to_statement(&request.sql, &Dialect::PostgreSQL)?;
-            if let Some(refused) = refused_statement(&statement) {
-                return Ok(Err(QueryError::NotAllowed(refused)));
-            }
-            let plan = context.state().statement_to_plan(statement).await?;
-            let frame = context.execute_logical_plan(plan).await?;
-            Ok::<_, DataFusionError>(Ok(frame.execute_stream().await?))
+            let plan = plan(&context, &request.sql).await?;
+            let plan = bind(plan, request.params)?;
+            let frame = context.execute_logical_plan(plan).await.map_err(|e| QueryError::from_datafusion(e, memory))?;
+            frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, memory))
         };
         let batches = match tokio::time::timeout_at(deadline, start).await {
             Err(_) => return Err(QueryError::Timeout(timeout)),
-            Ok(Err(error)) => return Err(QueryError::from_datafusion(error, memory)),
-            Ok(Ok(started)) => started?,
+            Ok(started) => started?,
         };
         let stream = QueryStream {
             batches,
@@ -180,6 +201,51 @@ impl QueryEngine {
             _permit: permit,
         };
         Ok(QueryResult { cut: Cut::clone(&cut), stream })
+    }
+
+    /// Plans `sql` (one statement that reads, with `$1`… for parameters) for a caller who sees `scope`,
+    /// without running it: its parameters' types and its answer's schema.
+    pub async fn prepare(&self, sql: &str, scope: &StreamScope) -> Result<Prepared, QueryError> {
+        if sql.len() > self.limits.max_query_bytes {
+            return Err(QueryError::TooLong { bytes: sql.len(), limit: self.limits.max_query_bytes });
+        }
+        let context = self.context(scope, &Arc::new(Cut::now(&self.store)))?;
+        let plan = plan(&context, sql).await?;
+        let types = plan.get_parameter_types().map_err(|e| QueryError::from_datafusion(e, 0))?;
+        let mut parameter_types = vec![None; types.len()];
+        for (name, data_type) in types {
+            // DataFusion names positional parameters `$1`, `$2`…
+            let index = name.trim_start_matches('$').parse::<usize>().ok().and_then(|n| n.checked_sub(1));
+            match index.and_then(|index| parameter_types.get_mut(index)) {
+                Some(slot) => *slot = data_type,
+                None => return Err(QueryError::BadParameter(format!("parameter {name}: use $1, $2, … in order"))),
+            }
+        }
+        // The schema the running query streams: the physical plan's, which can differ from the logical
+        // plan's in nullability (a client like ADBC refuses an answer that differs from what was advertised).
+        let physical = context.state().create_physical_plan(&plan).await.map_err(|e| QueryError::from_datafusion(e, 0));
+        let schema = match physical {
+            Ok(physical) => physical.schema(),
+            // A plan with parameters may not compile before they are bound: its logical schema.
+            Err(_) => Arc::new(plan.schema().as_arrow().clone()),
+        };
+        Ok(Prepared { parameter_types, schema })
+    }
+
+    /// The tables a caller who sees `scope` can query, by name, with their schemas.
+    pub async fn tables(&self, scope: &StreamScope) -> Result<Vec<(String, SchemaRef)>, QueryError> {
+        let context = self.context(scope, &Arc::new(Cut::now(&self.store)))?;
+        let internal = |why: String| QueryError::Internal(why);
+        let catalog = context.catalog(CATALOG).ok_or_else(|| internal(format!("no catalog {CATALOG}")))?;
+        let schema = catalog.schema(SCHEMA).ok_or_else(|| internal(format!("no schema {SCHEMA}")))?;
+        let mut tables = Vec::new();
+        for name in schema.table_names() {
+            if let Some(table) = schema.table(&name).await.map_err(|e| QueryError::from_datafusion(e, 0))? {
+                tables.push((name, table.schema()));
+            }
+        }
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tables)
     }
 
     /// A session of one query: the shared setup with a catalog of its own (the tables see its scope and
@@ -211,6 +277,42 @@ impl QueryEngine {
             .build();
         Ok(SessionContext::new_with_state(state))
     }
+}
+
+/// The logical plan of `sql`, which must be one statement that reads.
+async fn plan(context: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let statement =
+        context.state().sql_to_statement(sql, &Dialect::PostgreSQL).map_err(|e| QueryError::from_datafusion(e, 0))?;
+    if let Some(refused) = refused_statement(&statement) {
+        return Err(QueryError::NotAllowed(refused));
+    }
+    context.state().statement_to_plan(statement).await.map_err(|e| QueryError::from_datafusion(e, 0))
+}
+
+/// `plan` with its parameters replaced by `params`, each cast to the type the plan gives its parameter.
+fn bind(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan, QueryError> {
+    let types = plan.get_parameter_types().map_err(|e| QueryError::from_datafusion(e, 0))?;
+    if types.len() != params.len() {
+        return Err(QueryError::BadParameter(format!(
+            "the statement has {} parameters and {} values were bound",
+            types.len(),
+            params.len()
+        )));
+    }
+    if params.is_empty() {
+        return Ok(plan);
+    }
+    let params = params
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| match types.get(&format!("${}", index + 1)).cloned().flatten() {
+            Some(wanted) if wanted != value.data_type() => value.cast_to(&wanted).map_err(|_| {
+                QueryError::BadParameter(format!("parameter ${}: {value} is not a value of type {wanted}", index + 1))
+            }),
+            _ => Ok(value),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    plan.with_param_values(params).map_err(|e| QueryError::BadParameter(e.find_root().message().into_owned()))
 }
 
 /// What a statement that does not only read is called (`INSERT`, `CREATE TABLE`…), or `None` for a query.

@@ -58,6 +58,23 @@ pub enum QueryError {
         /// The partition.
         partition: u32,
     },
+    /// A consistency token's text is not a token.
+    #[error("not a consistency token: {0}")]
+    BadToken(String),
+    /// A consistency token from another region: its offsets are another region's logs.
+    #[error("the consistency token is region {token:?}'s; this node serves region {region:?}")]
+    ForeignToken {
+        /// The token's region.
+        token: String,
+        /// This node's.
+        region: String,
+    },
+    /// A session setting Fjord does not have (`SET work_mem = …` over Postgres).
+    #[error("unrecognized configuration parameter {0:?}")]
+    UnknownSetting(String),
+    /// A bound parameter that does not fit the statement (count, type or value).
+    #[error("{0}")]
+    BadParameter(String),
     /// Stored bytes failed their checksum: nothing of them was served, and the node repairs itself.
     #[error("data loss on this node ({0}): read from another node while it repairs")]
     DataLoss(String),
@@ -95,6 +112,10 @@ impl QueryError {
             | QueryError::Invalid(_)
             | QueryError::NotAllowed(_)
             | QueryError::UnknownPartition { .. }
+            | QueryError::BadToken(_)
+            | QueryError::ForeignToken { .. }
+            | QueryError::BadParameter(_)
+            | QueryError::UnknownSetting(_)
             | QueryError::Execution(_) => ErrorKind::InvalidArgument,
             QueryError::TooLong { .. } | QueryError::OutOfMemory { .. } | QueryError::Busy(_) => {
                 ErrorKind::ResourceExhausted
@@ -119,6 +140,10 @@ impl QueryError {
             QueryError::Busy(_) => "TOO_MANY_QUERIES",
             QueryError::NotFreshEnough { .. } => "NOT_FRESH_ENOUGH",
             QueryError::UnknownPartition { .. } => "UNKNOWN_PARTITION",
+            QueryError::BadToken(_) => "BAD_CONSISTENCY_TOKEN",
+            QueryError::ForeignToken { .. } => "FOREIGN_CONSISTENCY_TOKEN",
+            QueryError::BadParameter(_) => "BAD_PARAMETER",
+            QueryError::UnknownSetting(_) => "UNKNOWN_SETTING",
             QueryError::DataLoss(_) => "DATA_LOSS",
             QueryError::Execution(_) => "QUERY_FAILED",
             QueryError::Internal(_) => "INTERNAL",
@@ -138,7 +163,9 @@ impl QueryError {
             QueryError::Timeout(_) => "57014",
             QueryError::Busy(_) => "53300",
             QueryError::NotFreshEnough { .. } => "55000",
-            QueryError::UnknownPartition { .. } => "22023",
+            QueryError::UnknownPartition { .. } | QueryError::BadToken(_) | QueryError::ForeignToken { .. } => "22023",
+            QueryError::BadParameter(_) => "22P02",
+            QueryError::UnknownSetting(_) => "42704",
             QueryError::DataLoss(_) => "XX001",
             QueryError::Execution(_) => "22000",
             QueryError::Internal(_) => "XX000",

@@ -7,6 +7,7 @@
 //! It builds on `fjord-log` (and, for views, `fjord-projections`), never on Raft: what the node knows of
 //! its region comes in through [`system::RegionView`].
 
+pub mod consistency;
 pub mod cut;
 pub mod engine;
 pub mod error;
@@ -16,7 +17,9 @@ pub mod schema;
 pub mod scope;
 pub mod system;
 
+pub use consistency::ConsistencyToken;
 pub use cut::Cut;
+pub use engine::Prepared;
 pub use engine::QueryEngine;
 pub use engine::QueryLimits;
 pub use engine::QueryRequest;

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::util::display::ArrayFormatter;
 use datafusion::arrow::util::display::FormatOptions;
+use datafusion::common::ScalarValue;
 use fjord_log::AppendRequest;
 use fjord_log::Durability;
 use fjord_log::ExpectedRevision;
@@ -96,7 +98,7 @@ fn now_micros() -> i64 {
 }
 
 fn request(sql: &str) -> QueryRequest {
-    QueryRequest { sql: sql.to_owned(), scope: StreamScope::all(), wait_for: BTreeMap::new() }
+    QueryRequest::new(sql, StreamScope::all())
 }
 
 async fn run(engine: &QueryEngine, request: QueryRequest) -> Result<Vec<RecordBatch>, QueryError> {
@@ -162,6 +164,34 @@ async fn events_answer_what_the_log_holds_and_hide_internal_streams() {
 }
 
 #[tokio::test]
+async fn a_prepared_statement_describes_itself_and_binds_its_parameters() {
+    let fixture = Fixture::new(20);
+    let engine = fixture.engine(QueryLimits::default());
+    let sql = "SELECT stream, revision FROM events WHERE stream = $1 AND revision >= $2 ORDER BY revision";
+    let prepared = engine.prepare(sql, &StreamScope::all()).await.expect("prepare");
+    assert_eq!(prepared.parameter_types, [Some(DataType::Utf8), Some(DataType::UInt64)]);
+    let names: Vec<&str> = prepared.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["stream", "revision"]);
+    let bound = |params: Vec<ScalarValue>| QueryRequest { params, ..request(sql) };
+    // A client that sends every value as text (a Postgres driver's unknown type) gets it cast.
+    let text = vec![ScalarValue::from("order-3"), ScalarValue::from("1")];
+    assert_eq!(rows_of(&run(&engine, bound(text)).await.unwrap()), [["order-3", "1"]]);
+    let typed = vec![ScalarValue::from("order-3"), ScalarValue::Int64(Some(0))];
+    assert_eq!(rows_of(&run(&engine, bound(typed)).await.unwrap()).len(), 2);
+    let missing = run(&engine, bound(vec![ScalarValue::from("order-3")])).await.expect_err("one value short");
+    assert!(matches!(missing, QueryError::BadParameter(_)), "{missing}");
+    let wrong = run(&engine, bound(vec![ScalarValue::from("order-3"), ScalarValue::from("two")])).await;
+    assert!(matches!(wrong, Err(QueryError::BadParameter(_))), "{wrong:?}");
+    // Preparing refuses what running refuses.
+    let write = engine.prepare("DELETE FROM events", &StreamScope::all()).await.expect_err("a write");
+    assert!(matches!(write, QueryError::NotAllowed(_)), "{write}");
+    // An answer without parameters streams exactly the schema it was prepared with.
+    let plain = engine.prepare("SELECT type, count(*) AS n FROM events GROUP BY type", &StreamScope::all()).await;
+    let result = engine.query(request("SELECT type, count(*) AS n FROM events GROUP BY type")).await.unwrap();
+    assert_eq!(plain.unwrap().schema, result.stream.schema());
+}
+
+#[tokio::test]
 async fn json_data_is_queryable() {
     let fixture = Fixture::new(100);
     let engine = fixture.engine(QueryLimits::default());
@@ -221,11 +251,7 @@ fn in_range(offset: &str, from: u64, to: u64) -> bool {
 async fn a_scope_shows_only_its_streams_everywhere() {
     let fixture = Fixture::new(50);
     let engine = fixture.engine(QueryLimits::default());
-    let carts = |sql: &str| QueryRequest {
-        sql: sql.to_owned(),
-        scope: StreamScope::prefixes(["cart-".to_owned()]),
-        wait_for: BTreeMap::new(),
-    };
+    let carts = |sql: &str| QueryRequest::new(sql, StreamScope::prefixes(["cart-".to_owned()]));
     let events = rows_of(&run(&engine, carts("SELECT DISTINCT stream FROM events ORDER BY stream")).await.unwrap());
     assert_eq!(events, [["cart-0"], ["cart-10"], ["cart-20"], ["cart-30"], ["cart-40"]]);
     let named = rows_of(&run(&engine, carts("SELECT count(*) FROM events WHERE stream = 'order-1'")).await.unwrap());

@@ -103,6 +103,12 @@ impl Claims {
                     })
         })
     }
+
+    /// The stream prefixes of every grant of `operation` (none: the token does not grant it).
+    pub fn prefixes_for(&self, operation: Operation) -> Vec<String> {
+        let granting = self.grants.iter().filter(|grant| grant.operations.contains(&operation));
+        granting.map(|grant| grant.stream_prefix.clone()).collect()
+    }
 }
 
 /// Why a token was refused.

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod event_store;
+pub mod flight_sql;
 pub mod named;
 pub mod query;
 pub mod routing;

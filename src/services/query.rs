@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use fjord_proto::v1;
 use fjord_proto::v1::query_server::Query;
+use fjord_query::ConsistencyToken;
 use fjord_query::ErrorKind;
 use fjord_query::QueryEngine;
 use fjord_query::QueryError;
 use fjord_query::QueryRequest;
-use fjord_query::StreamScope;
 use futures::StreamExt;
 use tokio_stream::Stream;
 use tonic::Code;
@@ -21,8 +21,7 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::pb;
-use crate::security::access::Caller;
-use crate::security::tokens::Operation;
+use crate::security::access::authorize_query;
 
 /// Arrow IPC bytes per response message, about: a larger record batch is cut into row ranges this size.
 pub const MESSAGE_BYTES: usize = 1024 * 1024;
@@ -31,12 +30,13 @@ pub const MESSAGE_BYTES: usize = 1024 * 1024;
 pub struct QueryService {
     engine: Arc<QueryEngine>,
     node_id: u64,
+    region: String,
 }
 
 impl QueryService {
-    /// The service over `engine`, on node `node_id`.
-    pub fn new(engine: Arc<QueryEngine>, node_id: u64) -> Self {
-        QueryService { engine, node_id }
+    /// The service over `engine`, on node `node_id` of `region`.
+    pub fn new(engine: Arc<QueryEngine>, node_id: u64, region: String) -> Self {
+        QueryService { engine, node_id, region }
     }
 }
 
@@ -47,11 +47,18 @@ impl Query for QueryService {
     type SqlStream = SqlStream;
 
     async fn sql(&self, request: Request<v1::SqlRequest>) -> Result<Response<SqlStream>, Status> {
-        let scope = query_scope(&request)?;
+        let scope = authorize_query(&request)?;
         let v1::SqlRequest { sql, wait_for } = request.into_inner();
-        let wait_for: BTreeMap<u32, u64> =
-            wait_for.map(|token| token.partition_offsets.into_iter().collect()).unwrap_or_default();
-        let result = self.engine.query(QueryRequest { sql, scope, wait_for }).await.map_err(query_status)?;
+        let wait_for = match wait_for {
+            Some(token) => {
+                let token =
+                    ConsistencyToken { region: token.region, offsets: token.partition_offsets.into_iter().collect() };
+                token.offsets_in(&self.region).map_err(query_status)?.clone()
+            }
+            None => BTreeMap::new(),
+        };
+        let request = QueryRequest { wait_for, ..QueryRequest::new(sql, scope) };
+        let result = self.engine.query(request).await.map_err(query_status)?;
         let freshness = v1::Freshness {
             node_id: self.node_id,
             applied_offsets: result.cut.offsets().iter().copied().collect(),
@@ -103,30 +110,6 @@ fn ipc_messages(query: fjord_query::QueryStream) -> impl Stream<Item = Result<Ve
             },
         }
     })
-}
-
-/// The streams the caller's token grants `query` on (a forwarding node: every stream).
-fn query_scope<T>(request: &Request<T>) -> Result<StreamScope, Status> {
-    match request.extensions().get::<Caller>() {
-        Some(Caller::Peer(_)) => Ok(StreamScope::all()),
-        Some(Caller::Client(claims)) => {
-            let prefixes: Vec<String> = claims
-                .grants
-                .iter()
-                .filter(|grant| grant.operations.contains(&Operation::Query))
-                .map(|grant| grant.stream_prefix.clone())
-                .collect();
-            if prefixes.is_empty() {
-                return Err(pb::status(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
-                    format!("the token of {:?} does not grant query on any stream", claims.sub),
-                ));
-            }
-            Ok(StreamScope::prefixes(prefixes))
-        }
-        None => Err(pb::status(Code::Unauthenticated, "UNAUTHENTICATED", "no caller was established for this request")),
-    }
 }
 
 /// A query's failure as a status, with its reason.

@@ -28,6 +28,8 @@ pub(crate) const NFT_TABLE: &str = "inet fjord";
 pub(crate) const NODE_PORT: u16 = 7000;
 /// The port every node serves its node-to-node plane on.
 pub(crate) const NODE_INTERNAL_PORT: u16 = 7001;
+/// The port every node serves the Postgres wire protocol on.
+pub(crate) const NODE_POSTGRES_PORT: u16 = 5432;
 
 /// A region's hosts: where its nodes run, and the network between them.
 pub(crate) enum Hosts {

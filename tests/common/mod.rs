@@ -47,6 +47,8 @@ pub(crate) struct TestNode {
     pub(crate) address: String,
     /// Its node-to-node plane (what membership changes name).
     pub(crate) internal_address: String,
+    /// Its Postgres wire protocol endpoint.
+    pub(crate) postgres_address: String,
     /// The region's admin token.
     pub(crate) token: BearerToken,
     /// Its `fjord server` command line.
@@ -66,7 +68,8 @@ impl TestNode {
         network: Option<Arc<hosts::Hosts>>,
     ) -> TestNode {
         let (id, address, internal_address) = (spec.id, spec.address.clone(), spec.internal_address.clone());
-        TestNode { id, address, internal_address, token, spec, env, network, child: None }
+        let postgres_address = spec.postgres_address.clone();
+        TestNode { id, address, internal_address, postgres_address, token, spec, env, network, child: None }
     }
 
     /// Where the node keeps its data.
@@ -206,7 +209,9 @@ impl TestRegion {
                 .map(|id| {
                     let address = network.address(*id);
                     let public = format!("{address}:{}", hosts::NODE_PORT);
-                    (*id, NodeAddresses { public, internal: format!("{address}:{}", hosts::NODE_INTERNAL_PORT) })
+                    let (internal, postgres) = (hosts::NODE_INTERNAL_PORT, hosts::NODE_POSTGRES_PORT);
+                    let (internal, postgres) = (format!("{address}:{internal}"), format!("{address}:{postgres}"));
+                    (*id, NodeAddresses { public, internal, postgres })
                 })
                 .collect(),
             None => launcher::loopback_addresses(&ids),

@@ -41,9 +41,9 @@ fn run_dev(cwd: &Path, port: u16, while_up: impl FnOnce(&str)) -> String {
     output
 }
 
-/// Six consecutive free ports: `fjord dev` takes the one given and the next five.
+/// Nine consecutive free ports: `fjord dev` takes the one given and the next eight.
 fn dev_port() -> u16 {
-    free_ports(6)
+    free_ports(9)
 }
 
 /// The token `fjord dev` says to export.
@@ -82,6 +82,12 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
         assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
         let table = String::from_utf8_lossy(&answer.stdout);
         assert!(table.starts_with("type ") && table.contains("OrderPlaced"), "{table}");
+        // The printed psql command, as printed, through a shell (psql from the setup's packages).
+        let psql = output.lines().map(str::trim).find(|line| line.starts_with("PGPASSWORD=")).expect("a psql command");
+        let answer = Command::new("sh").args(["-c", psql]).env("FJORD_TOKEN", printed_token(output)).output().unwrap();
+        assert!(answer.status.success(), "{psql}: {}", String::from_utf8_lossy(&answer.stderr));
+        let table = String::from_utf8_lossy(&answer.stdout);
+        assert!(table.contains("OrderPlaced") && table.contains("(3 rows)"), "{table}");
     });
     for node in 1..=3 {
         assert!(dir.path().join(format!("data/node-{node}")).is_dir(), "node {node} keeps its data under ./data");

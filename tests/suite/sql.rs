@@ -172,4 +172,32 @@ async fn fjord_sql_prints_a_table_csv_and_json() {
     assert_eq!(rows[0], serde_json::json!({"stream": "order-1", "events": 2}));
     let (ok, _, err) = fjord(&["SELECT nope FROM events"]);
     assert!(!ok && err.contains("UNDEFINED_NAME"), "{err}");
+
+    // Alone, `fjord sql` is a prompt: statements end at their `;`, over as many lines as they take; an
+    // error is printed and the prompt goes on; `--wait-for` takes the token `fjord append` prints.
+    let appended = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["append", "--server", &address, "order-3", "OrderPlaced", r#"{"total": 5}"#])
+        .env("FJORD_TOKEN", region.admin_token())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&appended.stdout).into_owned();
+    let token = printed.lines().find_map(|line| line.strip_prefix("consistency token: ")).expect("a token");
+    let token = token.split_whitespace().next().unwrap();
+    let mut prompt = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["sql", "--server", &address, "--wait-for", token])
+        .env("FJORD_TOKEN", region.admin_token())
+        .env("HOME", tempfile::tempdir().unwrap().path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script =
+        "SELECT count(*)\n  AS events\nFROM events;\nSELECT nope FROM events;\nSELECT 'after' AS still;\n\\q\n";
+    std::io::Write::write_all(prompt.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    let output = prompt.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{err}");
+    assert!(out.contains("events\n------\n     4"), "{out}");
+    assert!(err.contains("UNDEFINED_NAME") && out.contains("after"), "{out}\n{err}");
 }
