@@ -459,7 +459,7 @@ pub fn public_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result
 pub fn query_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<()> {
     let limits = node.config.query.clone();
     let decode_limit = limits.max_query_bytes.saturating_add(64 * 1024);
-    let region = Arc::new(GroupsView::new(node.groups.clone()));
+    let region = Arc::new(GroupsView::new(node.groups.clone(), node.router.peers().clone()));
     let engine = Arc::new(QueryEngine::new(node.groups.log_store().clone(), region, limits)?);
     let config = &node.config;
     let query = QueryServer::new(QueryService::new(engine.clone(), config.node_id, config.region.clone()))

@@ -1,5 +1,6 @@
-//! The system tables: `fjord_partitions` and `fjord_members` (the serving node's view of its region, from
-//! Raft, which this crate reaches only through [`RegionView`]) and `fjord_streams` (every stream's head,
+//! The system tables: `fjord_partitions` (every member's view of every partition: the serving node's own,
+//! and what each other member says when asked) and `fjord_members` (from Raft, which this crate reaches
+//! only through [`RegionView`]) and `fjord_streams` (every stream's head,
 //! from the log's stream index, streamed a partition at a time).
 
 use std::fmt;
@@ -35,28 +36,30 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use fjord_log::LogStore;
 use fjord_log::PartitionLog;
+use futures::future::BoxFuture;
 
 use crate::scope::StreamScope;
 
-/// One partition as the serving node sees it: a row of `fjord_partitions`.
+/// One partition as one node sees it: a row of `fjord_partitions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionRow {
-    /// The serving node.
+    /// The node whose view this is.
     pub node: u64,
     /// The partition.
     pub partition: u32,
-    /// The node's role in the partition's group (leader, follower, candidate, learner, repairing…).
+    /// The node's role in the partition's group (leader, follower, candidate, learner, repairing…), or
+    /// `unreachable` when the node did not answer the serving node (its other columns are then NULL).
     pub role: String,
     /// The leader the node knows of.
     pub leader: Option<u64>,
     /// The node's current term in the group.
-    pub term: u64,
+    pub term: Option<u64>,
     /// The index of the last entry in the node's Raft log.
-    pub last_log_index: u64,
+    pub last_log_index: Option<u64>,
     /// The index of the last entry the node applied.
-    pub applied_index: u64,
-    /// The node's applied offset: every event below it is applied (and readable) here.
-    pub applied_offset: u64,
+    pub applied_index: Option<u64>,
+    /// The node's applied offset: every event below it is applied (and readable) there.
+    pub applied_offset: Option<u64>,
 }
 
 /// One member of the region: a row of `fjord_members`.
@@ -71,9 +74,11 @@ pub struct MemberRow {
 }
 
 /// What the serving node knows of its region beyond its log: implemented by the node over Raft.
+#[async_trait]
 pub trait RegionView: Send + Sync + fmt::Debug {
-    /// This node's view of every partition.
-    fn partitions(&self) -> Vec<PartitionRow>;
+    /// Every member's view of every partition: this node's own, and each other member's as it answers
+    /// (bounded in time; a member that does not answer gives `unreachable` rows).
+    async fn partitions(&self) -> Vec<PartitionRow>;
     /// The region's members.
     fn members(&self) -> Vec<MemberRow>;
 }
@@ -87,10 +92,10 @@ static PARTITIONS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("partition", DataType::UInt32, false),
         Field::new("role", DataType::Utf8, false),
         Field::new("leader", DataType::UInt64, true),
-        Field::new("term", DataType::UInt64, false),
-        Field::new("last_log_index", DataType::UInt64, false),
-        Field::new("applied_index", DataType::UInt64, false),
-        Field::new("applied_offset", DataType::UInt64, false),
+        Field::new("term", DataType::UInt64, true),
+        Field::new("last_log_index", DataType::UInt64, true),
+        Field::new("applied_index", DataType::UInt64, true),
+        Field::new("applied_offset", DataType::UInt64, true),
     ]))
 });
 
@@ -114,18 +119,21 @@ static STREAMS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// `fjord_partitions`: built when a query scans it.
 pub(crate) fn partitions_table(region: Arc<dyn RegionView>) -> Arc<dyn TableProvider> {
     Arc::new(SmallTable::new(PARTITIONS_SCHEMA.clone(), move || {
-        let rows = region.partitions();
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(rows.iter().map(|row| row.node).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| row.partition).collect::<UInt32Array>()),
-            Arc::new(rows.iter().map(|row| Some(row.role.as_str())).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|row| row.leader).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| row.term).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| row.last_log_index).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| row.applied_index).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| row.applied_offset).collect::<UInt64Array>()),
-        ];
-        columns
+        let region = region.clone();
+        Box::pin(async move {
+            let rows = region.partitions().await;
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(rows.iter().map(|row| row.node).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| row.partition).collect::<UInt32Array>()),
+                Arc::new(rows.iter().map(|row| Some(row.role.as_str())).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|row| row.leader).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| row.term).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| row.last_log_index).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| row.applied_index).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| row.applied_offset).collect::<UInt64Array>()),
+            ];
+            columns
+        })
     }))
 }
 
@@ -133,12 +141,14 @@ pub(crate) fn partitions_table(region: Arc<dyn RegionView>) -> Arc<dyn TableProv
 pub(crate) fn members_table(region: Arc<dyn RegionView>) -> Arc<dyn TableProvider> {
     Arc::new(SmallTable::new(MEMBERS_SCHEMA.clone(), move || {
         let rows = region.members();
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(rows.iter().map(|row| row.node).collect::<UInt64Array>()),
-            Arc::new(rows.iter().map(|row| Some(row.address.as_str())).collect::<StringArray>()),
-            Arc::new(rows.iter().map(|row| Some(row.voter)).collect::<BooleanArray>()),
-        ];
-        columns
+        Box::pin(async move {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(rows.iter().map(|row| row.node).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|row| Some(row.address.as_str())).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|row| Some(row.voter)).collect::<BooleanArray>()),
+            ];
+            columns
+        })
     }))
 }
 
@@ -147,14 +157,17 @@ pub(crate) fn streams_table(store: Arc<LogStore>, scope: StreamScope) -> Arc<dyn
     Arc::new(StreamsTable { store, scope })
 }
 
+/// What builds a small table's columns when a query scans it.
+type Columns = Box<dyn Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync>;
+
 /// A table of a few rows, built whole when a query scans it.
 struct SmallTable {
     schema: SchemaRef,
-    columns: Box<dyn Fn() -> Vec<ArrayRef> + Send + Sync>,
+    columns: Columns,
 }
 
 impl SmallTable {
-    fn new(schema: SchemaRef, columns: impl Fn() -> Vec<ArrayRef> + Send + Sync + 'static) -> Self {
+    fn new(schema: SchemaRef, columns: impl Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync + 'static) -> Self {
         SmallTable { schema, columns: Box::new(columns) }
     }
 }
@@ -182,7 +195,7 @@ impl TableProvider for SmallTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = RecordBatch::try_new(self.schema.clone(), (self.columns)())?;
+        let batch = RecordBatch::try_new(self.schema.clone(), (self.columns)().await)?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
     }
 }

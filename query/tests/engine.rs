@@ -32,8 +32,9 @@ use futures::StreamExt;
 #[derive(Debug)]
 struct OneNode(Arc<LogStore>);
 
+#[async_trait::async_trait]
 impl RegionView for OneNode {
-    fn partitions(&self) -> Vec<PartitionRow> {
+    async fn partitions(&self) -> Vec<PartitionRow> {
         self.0
             .partitions()
             .iter()
@@ -42,10 +43,10 @@ impl RegionView for OneNode {
                 partition: log.partition().0,
                 role: "leader".to_owned(),
                 leader: Some(1),
-                term: 1,
-                last_log_index: 0,
-                applied_index: 0,
-                applied_offset: log.applied_tail().next_offset.0,
+                term: Some(1),
+                last_log_index: Some(0),
+                applied_index: Some(0),
+                applied_offset: Some(log.applied_tail().next_offset.0),
             })
             .collect()
     }

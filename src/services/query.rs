@@ -7,12 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use fjord_proto::v1;
+use fjord_proto::v1::cluster_client::ClusterClient;
 use fjord_proto::v1::query_server::Query;
 use fjord_query::ConsistencyToken;
 use fjord_query::ErrorKind;
 use fjord_query::QueryEngine;
 use fjord_query::QueryError;
 use fjord_query::QueryRequest;
+use fjord_query::system::PartitionRow;
 use futures::StreamExt;
 use tokio_stream::Stream;
 use tonic::Code;
@@ -22,6 +24,7 @@ use tonic::Status;
 
 use crate::pb;
 use crate::security::access::authorize_query;
+use crate::services::routing::forwarded;
 
 /// Arrow IPC bytes per response message, about: a larger record batch is cut into row ranges this size.
 pub const MESSAGE_BYTES: usize = 1024 * 1024;
@@ -130,15 +133,76 @@ fn micros_since_epoch(time: std::time::SystemTime) -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// The region as the system tables show it: this node's Raft view of every partition, and the members.
+/// The region as the system tables show it: every member's Raft view of every partition (this node's
+/// own; the others' asked over the node-to-node plane), and the members.
 pub struct GroupsView {
     groups: Arc<fjord_raft::groups::Groups>,
+    peers: Arc<fjord_raft::network::PeerChannels>,
 }
 
+/// How long the serving node waits for another member's view of its partitions.
+const MEMBER_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl GroupsView {
-    /// The view through `groups`.
-    pub fn new(groups: Arc<fjord_raft::groups::Groups>) -> Self {
-        GroupsView { groups }
+    /// The view through `groups`, asking other members through `peers`.
+    pub fn new(groups: Arc<fjord_raft::groups::Groups>, peers: Arc<fjord_raft::network::PeerChannels>) -> Self {
+        GroupsView { groups, peers }
+    }
+
+    /// This node's own view of every partition.
+    fn own_partitions(&self) -> Vec<PartitionRow> {
+        let node = self.groups.node();
+        (0..self.groups.group_count())
+            .filter_map(|partition| {
+                let status = self.groups.status(partition).ok()?;
+                Some(PartitionRow {
+                    node,
+                    partition,
+                    role: status.role.to_owned(),
+                    leader: status.leader,
+                    term: Some(status.term),
+                    last_log_index: Some(status.last_log_index),
+                    applied_index: Some(status.applied_index),
+                    applied_offset: Some(status.applied.next_offset.0),
+                })
+            })
+            .collect()
+    }
+
+    /// Member `node`'s view of every partition, as its `Cluster.Status` says; `unreachable` rows when it
+    /// does not answer in [`MEMBER_STATUS_WAIT`].
+    async fn member_partitions(&self, node: u64, address: &str) -> Vec<PartitionRow> {
+        let mut client = ClusterClient::new(self.peers.channel(node, address));
+        let asked = tokio::time::timeout(MEMBER_STATUS_WAIT, client.status(forwarded(v1::StatusRequest {}))).await;
+        match asked {
+            Ok(Ok(response)) => response
+                .into_inner()
+                .partitions
+                .into_iter()
+                .map(|status| PartitionRow {
+                    node,
+                    partition: status.partition,
+                    role: status.role,
+                    leader: (status.leader != 0).then_some(status.leader),
+                    term: Some(status.term),
+                    last_log_index: Some(status.last_log_index),
+                    applied_index: Some(status.applied_index),
+                    applied_offset: Some(status.applied_offset),
+                })
+                .collect(),
+            _ => (0..self.groups.group_count())
+                .map(|partition| PartitionRow {
+                    node,
+                    partition,
+                    role: "unreachable".to_owned(),
+                    leader: None,
+                    term: None,
+                    last_log_index: None,
+                    applied_index: None,
+                    applied_offset: None,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -148,24 +212,18 @@ impl std::fmt::Debug for GroupsView {
     }
 }
 
+#[tonic::async_trait]
 impl fjord_query::RegionView for GroupsView {
-    fn partitions(&self) -> Vec<fjord_query::system::PartitionRow> {
-        let node = self.groups.node();
-        (0..self.groups.group_count())
-            .filter_map(|partition| {
-                let status = self.groups.status(partition).ok()?;
-                Some(fjord_query::system::PartitionRow {
-                    node,
-                    partition,
-                    role: status.role.to_owned(),
-                    leader: status.leader,
-                    term: status.term,
-                    last_log_index: status.last_log_index,
-                    applied_index: status.applied_index,
-                    applied_offset: status.applied.next_offset.0,
-                })
-            })
-            .collect()
+    async fn partitions(&self) -> Vec<PartitionRow> {
+        let own = self.groups.node();
+        let others = self.groups.members().into_iter().filter(|member| member.id != own);
+        let asked = futures::future::join_all(
+            others.map(|member| async move { self.member_partitions(member.id, &member.address).await }),
+        );
+        let mut rows = self.own_partitions();
+        rows.extend(asked.await.into_iter().flatten());
+        rows.sort_by_key(|row| (row.partition, row.node));
+        rows
     }
 
     fn members(&self) -> Vec<fjord_query::system::MemberRow> {

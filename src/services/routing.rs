@@ -46,6 +46,11 @@ impl Router {
         &self.groups
     }
 
+    /// The channels to the region's other nodes (the node-to-node plane).
+    pub fn peers(&self) -> &Arc<PeerChannels> {
+        &self.peers
+    }
+
     /// The leader of `group`, waiting for an election if none is known. A request that was already
     /// forwarded once is not forwarded again (the leader moved while it travelled).
     pub async fn leader(&self, group: GroupId, metadata: &MetadataMap) -> Result<Leader, Status> {

@@ -95,6 +95,13 @@ async fn every_node_answers_sql_with_its_freshness_and_the_callers_writes() {
     .await
     .unwrap();
     assert_eq!(data.strings(0), ["7", "8"]);
+    // Every node shows every member's view of every partition, each with its applied offset.
+    for node in &region.nodes {
+        let views = "SELECT count(*) FROM fjord_partitions WHERE applied_offset IS NOT NULL AND role <> 'unreachable'";
+        assert_eq!(sql(&node.address, &region.token, views, None).await.unwrap().count(), 6, "{}", node.address);
+        let members = "SELECT count(DISTINCT node) FROM fjord_partitions";
+        assert_eq!(sql(&node.address, &region.token, members, None).await.unwrap().count(), 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
