@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from datetime import datetime, timezone
 
 import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
@@ -91,17 +92,16 @@ def main():
 
     duck = duckdb.connect()
     duck.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{parquet}')")
-    first, last = duck.execute("SELECT min(timestamp), max(timestamp) FROM events").fetchone()
+    first, last = duck.execute("SELECT epoch_us(min(timestamp)), epoch_us(max(timestamp)) FROM events").fetchall()[0]
+    iso = lambda micros: datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     span = last - first
-    start, end = first + span * 0.4, first + span * 0.6
-    iso = "%Y-%m-%dT%H:%M:%S.%fZ"
-    time_range = TIME_RANGE.format(start=start.strftime(iso), end=end.strftime(iso))
+    time_range = TIME_RANGE.format(start=iso(first + span * 0.4), end=iso(first + span * 0.6))
 
     def fjord_query(sql):
         return lambda _: rows(cursor.execute(sql).fetch_arrow_table())
 
     def duck_query(sql):
-        return lambda _: rows(duck.execute(sql).fetch_arrow_table())
+        return lambda _: rows(duck.sql(sql).to_arrow_table())
 
     queries = {}
     for name, sql in [("count_by_type", COUNT_BY_TYPE), ("revenue_by_category", REVENUE_BY_CATEGORY),
@@ -129,7 +129,7 @@ def main():
                        pg_cursor.execute(LOOKUP.format(param="%s"), (stream(i),), prepare=True).fetchall()],
             lookup_runs)
     duck_answer, duck_times = timed(
-        lambda i: rows(duck.execute(LOOKUP.format(param="$1"), [stream(i)]).fetch_arrow_table()), lookup_runs)
+        lambda i: rows(duck.execute(LOOKUP.format(param="$1"), [stream(i)]).to_arrow_table()), lookup_runs)
     queries["point_lookup"] = {
         "fjord": flight_times, "fjord_postgres": pg_times, "duckdb": duck_times,
         "identical": flight_answer == duck_answer and pg_answer == duck_answer, "rows": len(flight_answer),

@@ -136,12 +136,13 @@ impl SqlArgs {
             }
             let text = std::mem::take(&mut statement);
             let _ = editor.add_history_entry(text.trim_end());
+            // Saved at once: Ctrl-C during a long answer ends the process.
+            if let Some(history) = &history {
+                let _ = editor.save_history(history);
+            }
             if let Err(error) = self.answer(client, text.trim().trim_end_matches(';'), wait_for.clone()).await {
                 eprintln!("error: {error:#}");
             }
-        }
-        if let Some(history) = &history {
-            let _ = editor.save_history(history);
         }
         Ok(())
     }

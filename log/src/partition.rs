@@ -235,6 +235,19 @@ impl PartitionLog {
         Ok(Some(event))
     }
 
+    /// Visits this partition's records from `from_offset` up to `end` (or the log's end, if sooner), each
+    /// checksum-verified and viewed in place, through one iterator (a consistent view, for bounded work
+    /// such as a query's scan); stops when `visit` says so.
+    pub fn scan_records(
+        &self,
+        from_offset: Offset,
+        end: Offset,
+        visit: impl FnMut(crate::record::RecordView<'_>) -> Result<std::ops::ControlFlow<()>>,
+    ) -> Result<()> {
+        let end = end.0.min(self.next_offset().0);
+        crate::read::scan_records(&self.db, self.partition, from_offset.0, end, visit)
+    }
+
     /// Events of this partition from `from_offset` on, at most `limit`, streamed in pages.
     pub fn read_partition(&self, from_offset: Offset, limit: u64) -> PartitionReader {
         PartitionReader::new(self.db.clone(), self.partition, from_offset.0, self.next_offset().0, limit)

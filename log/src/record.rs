@@ -65,38 +65,95 @@ pub(crate) fn verify_record_crc(bytes: &[u8]) -> Result<&[u8]> {
 
 /// Decodes one record, checking its CRC32C and every length. `bytes` must be exactly one record.
 pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent> {
+    let view = view_record(bytes)?;
+    Ok(RecordedEvent {
+        id: view.id,
+        stream: view.stream.to_owned(),
+        event_type: view.event_type.to_owned(),
+        content_type: view.content_type.to_owned(),
+        data: view.data.to_vec(),
+        metadata: view.metadata()?,
+        offset: view.offset,
+        revision: view.revision,
+        timestamp_micros: view.timestamp_micros,
+    })
+}
+
+/// One record's fields, borrowed from its stored bytes: what a scan reads without copying the fields it
+/// does not use. Made only by [`view_record`], which has checked the CRC32C and every length.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// The event's offset in its partition.
+    pub offset: Offset,
+    /// The event's revision in its stream.
+    pub revision: Revision,
+    /// The commit time, microseconds since the Unix epoch.
+    pub timestamp_micros: i64,
+    /// The idempotency key given at append.
+    pub id: Uuid,
+    /// The stream.
+    pub stream: &'a str,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The data's content type.
+    pub content_type: &'a str,
+    /// The data.
+    pub data: &'a [u8],
+    /// The metadata pairs, still encoded ([`RecordView::metadata`] decodes them).
+    metadata_pairs: u32,
+    metadata_bytes: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// The metadata, decoded.
+    pub fn metadata(&self) -> Result<BTreeMap<String, String>> {
+        let mut r = Reader::new(self.metadata_bytes);
+        let mut metadata = BTreeMap::new();
+        for _ in 0..self.metadata_pairs {
+            let key = r.long_str()?;
+            let value = r.long_str()?;
+            metadata.insert(key.to_owned(), value.to_owned());
+        }
+        r.finish()?;
+        Ok(metadata)
+    }
+}
+
+/// Views one record, checking its CRC32C and every length. `bytes` must be exactly one record.
+pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>> {
     let body = verify_record_crc(bytes)?;
     let mut r = Reader::new(body);
     let version = r.u8()?;
     if version != RECORD_VERSION {
         return Err(Error::corrupt("record", format!("unknown record version {version}")));
     }
-    let offset = r.u64()?;
-    let revision = r.u64()?;
+    let offset = Offset(r.u64()?);
+    let revision = Revision(r.u64()?);
     let timestamp_micros = r.i64()?;
     let id = Uuid::from_bytes(r.array::<16>()?);
-    let stream = r.short_string()?;
-    let event_type = r.short_string()?;
-    let content_type = r.short_string()?;
-    let pairs = r.u32()?;
-    let mut metadata = BTreeMap::new();
-    for _ in 0..pairs {
-        let key = r.long_string()?;
-        let value = r.long_string()?;
-        metadata.insert(key, value);
+    let stream = r.short_str()?;
+    let event_type = r.short_str()?;
+    let content_type = r.short_str()?;
+    let metadata_pairs = r.u32()?;
+    let metadata_start = r.position();
+    for _ in 0..metadata_pairs {
+        r.long_str()?;
+        r.long_str()?;
     }
-    let data = r.long_bytes()?.to_vec();
+    let metadata_bytes = &body[metadata_start..r.position()];
+    let data = r.long_bytes()?;
     r.finish()?;
-    Ok(RecordedEvent {
+    Ok(RecordView {
+        offset,
+        revision,
+        timestamp_micros,
         id,
         stream,
         event_type,
         content_type,
         data,
-        metadata,
-        offset: Offset(offset),
-        revision: Revision(revision),
-        timestamp_micros,
+        metadata_pairs,
+        metadata_bytes,
     })
 }
 
@@ -176,8 +233,19 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn short_string(&mut self) -> Result<String> {
+        Ok(self.short_str()?.to_owned())
+    }
+
+    /// A string of at most 255 bytes (its length in one byte), borrowed.
+    pub(crate) fn short_str(&mut self) -> Result<&'a str> {
         let len = usize::from(self.u8()?);
-        self.utf8(len)
+        self.str(len)
+    }
+
+    /// A string with a 32-bit length, borrowed.
+    fn long_str(&mut self) -> Result<&'a str> {
+        let len = self.u32()? as usize;
+        self.str(len)
     }
 
     pub(crate) fn long_bytes(&mut self) -> Result<&'a [u8]> {
@@ -185,15 +253,10 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    fn long_string(&mut self) -> Result<String> {
-        let len = self.u32()? as usize;
-        self.utf8(len)
-    }
-
-    fn utf8(&mut self, len: usize) -> Result<String> {
+    fn str(&mut self, len: usize) -> Result<&'a str> {
         let what = self.what;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| Error::corrupt(what, format!("invalid UTF-8: {e}")))
+        std::str::from_utf8(bytes).map_err(|e| Error::corrupt(what, format!("invalid UTF-8: {e}")))
     }
 
     /// Fails unless every byte was consumed.

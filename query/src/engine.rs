@@ -198,17 +198,26 @@ impl QueryEngine {
             timeout,
             memory,
             done: false,
-            _permit: permit,
+            _slot: QuerySlot::hold(permit, deadline),
         };
         Ok(QueryResult { cut: Cut::clone(&cut), stream })
     }
 
     /// Plans `sql` (one statement that reads, with `$1`… for parameters) for a caller who sees `scope`,
     /// without running it: its parameters' types and its answer's schema.
+    /// Planning counts among the node's running queries and has the query's time limit.
     pub async fn prepare(&self, sql: &str, scope: &StreamScope) -> Result<Prepared, QueryError> {
         if sql.len() > self.limits.max_query_bytes {
             return Err(QueryError::TooLong { bytes: sql.len(), limit: self.limits.max_query_bytes });
         }
+        let _permit =
+            self.running.clone().try_acquire_owned().map_err(|_| QueryError::Busy(self.limits.max_concurrent))?;
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        tokio::time::timeout(timeout, self.plan_only(sql, scope)).await.map_err(|_| QueryError::Timeout(timeout))?
+    }
+
+    /// [`Self::prepare`]'s planning.
+    async fn plan_only(&self, sql: &str, scope: &StreamScope) -> Result<Prepared, QueryError> {
         let context = self.context(scope, &Arc::new(Cut::now(&self.store)))?;
         let plan = plan(&context, sql).await?;
         let types = plan.get_parameter_types().map_err(|e| QueryError::from_datafusion(e, 0))?;
@@ -343,6 +352,38 @@ pub struct QueryResult {
     pub stream: QueryStream,
 }
 
+/// A query's place among the node's running queries, given back when the query ends or its time is up,
+/// whichever comes first: a client that stops reading an answer (a Postgres portal left suspended) holds
+/// the place no longer than the time limit.
+struct QuerySlot {
+    permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl QuerySlot {
+    fn hold(permit: OwnedSemaphorePermit, deadline: tokio::time::Instant) -> Self {
+        let permit = Arc::new(std::sync::Mutex::new(Some(permit)));
+        let held = permit.clone();
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            QuerySlot::give_back(&held);
+        });
+        QuerySlot { permit, watchdog }
+    }
+
+    fn give_back(permit: &std::sync::Mutex<Option<OwnedSemaphorePermit>>) {
+        permit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        // Given back now, not when the runtime gets to the aborted watchdog.
+        QuerySlot::give_back(&self.permit);
+        self.watchdog.abort();
+    }
+}
+
 /// A query's record batches; it fails with [`QueryError::Timeout`] past the query's time limit. Dropping
 /// it cancels the query and frees its place among the node's queries.
 pub struct QueryStream {
@@ -351,7 +392,7 @@ pub struct QueryStream {
     timeout: Duration,
     memory: usize,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _slot: QuerySlot,
 }
 
 impl QueryStream {

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,6 +41,7 @@ use fjord_log::PartitionLog;
 use fjord_log::RecordedEvent;
 use fjord_log::Revision;
 use fjord_log::partition_of;
+use fjord_log::record::RecordView;
 
 use crate::cut::Cut;
 use crate::filter::EventFilter;
@@ -180,26 +182,10 @@ impl PartitionStream for PartitionScan {
         let scan = self.clone();
         builder.spawn_blocking(move || {
             let partition = scan.log.partition().0;
-            let mut batch = BatchBuilder::new(partition, scan.schema.clone(), scan.columns.clone(), scan.batch_rows);
-            let mut remaining = scan.limit.unwrap_or(usize::MAX);
-            for event in scan.events()? {
-                let event = event.map_err(external)?;
-                if !scan.filter.keeps(&event) || !scan.scope.allows(&event.stream) {
-                    continue;
-                }
-                batch.push(&event);
-                remaining -= 1;
-                if batch.is_full() || remaining == 0 {
-                    // The consumer is gone (the query ended or failed): stop reading.
-                    if tx.blocking_send(batch.finish()).is_err() || remaining == 0 {
-                        return Ok(());
-                    }
-                }
-            }
-            if batch.rows > 0 {
-                // Nothing more to send whether or not it arrives.
-                let _ = tx.blocking_send(batch.finish());
-            }
+            let batch = BatchBuilder::new(partition, scan.schema.clone(), scan.columns.clone(), scan.batch_rows);
+            let mut output = Output { batch, remaining: scan.limit.unwrap_or(usize::MAX), tx };
+            scan.run(&mut output)?;
+            output.flush();
             Ok(())
         });
         builder.build()
@@ -207,28 +193,42 @@ impl PartitionStream for PartitionScan {
 }
 
 impl PartitionScan {
-    /// The events this scan looks at: the named streams through the stream index, or else the partition's
-    /// offset range (after a seek by commit time), up to the cut.
-    fn events(&self) -> Result<Box<dyn Iterator<Item = fjord_log::Result<RecordedEvent>> + '_>> {
+    /// Reads what this scan looks at into `output`: the named streams through the stream index, or else
+    /// the partition's offset range (after a seek by commit time) up to the cut, each record viewed where
+    /// it lies.
+    fn run(&self, output: &mut Output) -> Result<()> {
         let (offsets, end) = (&self.filter.offsets, self.end.min(self.filter.offsets.end));
         if let Some(streams) = &self.filter.streams {
             let partition = self.log.partition().0;
-            let owned = streams.iter().filter(move |stream| partition_of(stream, self.partitions) == partition);
-            let events = owned.flat_map(move |stream| {
-                self.log.read_stream(stream, Revision(0), Direction::Forward, u64::MAX).filter(move |event| {
-                    event.as_ref().map_or(true, |event| offsets.start <= event.offset.0 && event.offset.0 < end)
-                })
-            });
-            return Ok(Box::new(events));
+            let owned = streams.iter().filter(|stream| partition_of(stream, self.partitions) == partition);
+            for stream in owned {
+                for event in self.log.read_stream(stream, Revision(0), Direction::Forward, u64::MAX) {
+                    let event = event.map_err(external)?;
+                    let in_range = offsets.start <= event.offset.0 && event.offset.0 < end;
+                    if in_range && self.keeps(&event) && output.push(&event).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+            return Ok(());
         }
         let start = offsets.start.max(self.first_at_or_after(self.filter.micros.start)?);
         let before = self.filter.micros.end;
-        let events = self
-            .log
-            .read_partition(Offset(start), end.saturating_sub(start))
-            // Commit times never decrease within a partition: past the range's end nothing more matches.
-            .take_while(move |event| event.as_ref().map_or(true, |event| event.timestamp_micros < before));
-        Ok(Box::new(events))
+        self.log
+            .scan_records(Offset(start), Offset(end), |record| {
+                // Commit times never decrease within a partition: past the range's end nothing more matches.
+                if record.timestamp_micros >= before {
+                    return Ok(ControlFlow::Break(()));
+                }
+                Ok(if self.keeps(&record) { output.push(&record) } else { ControlFlow::Continue(()) })
+            })
+            .map_err(external)
+    }
+
+    /// Whether the scan answers with `event`: it passes the filter and the caller may see its stream.
+    fn keeps(&self, event: &impl EventFields) -> bool {
+        self.filter.keeps(event.stream(), event.event_type(), event.timestamp_micros())
+            && self.scope.allows(event.stream())
     }
 
     /// The first offset before the cut whose commit time is at least `micros` (a binary search: commit
@@ -246,6 +246,112 @@ impl PartitionScan {
             }
         }
         Ok(low)
+    }
+}
+
+/// Where a partition's scan puts its rows: batches sent to the query as they fill, until its row limit.
+struct Output {
+    batch: BatchBuilder,
+    remaining: usize,
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+}
+
+impl Output {
+    /// Adds `event`'s row; `Break` once the scan should stop (the limit reached, or the query gone).
+    fn push(&mut self, event: &impl EventFields) -> ControlFlow<()> {
+        self.batch.push(event);
+        self.remaining -= 1;
+        if self.batch.is_full() || self.remaining == 0 {
+            // The consumer is gone (the query ended or failed): stop reading.
+            if self.tx.blocking_send(self.batch.finish()).is_err() || self.remaining == 0 {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Sends the last, partly filled batch.
+    fn flush(mut self) {
+        if self.batch.rows > 0 {
+            // Nothing more to send whether or not it arrives.
+            let _ = self.tx.blocking_send(self.batch.finish());
+        }
+    }
+}
+
+/// What a scan reads of an event: a record viewed where it lies (a partition's scan) or an event a stream
+/// read decoded (a scan of named streams).
+trait EventFields {
+    fn offset(&self) -> u64;
+    fn revision(&self) -> u64;
+    fn stream(&self) -> &str;
+    fn event_type(&self) -> &str;
+    fn content_type(&self) -> &str;
+    fn id(&self) -> uuid::Uuid;
+    fn timestamp_micros(&self) -> i64;
+    fn data(&self) -> &[u8];
+    /// The metadata as a JSON object.
+    fn metadata_json(&self) -> String;
+}
+
+impl EventFields for RecordedEvent {
+    fn offset(&self) -> u64 {
+        self.offset.0
+    }
+    fn revision(&self) -> u64 {
+        self.revision.0
+    }
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    fn content_type(&self) -> &str {
+        &self.content_type
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+    fn timestamp_micros(&self) -> i64 {
+        self.timestamp_micros
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn metadata_json(&self) -> String {
+        serde_json::to_string(&self.metadata).unwrap_or_default()
+    }
+}
+
+impl EventFields for RecordView<'_> {
+    fn offset(&self) -> u64 {
+        self.offset.0
+    }
+    fn revision(&self) -> u64 {
+        self.revision.0
+    }
+    fn stream(&self) -> &str {
+        self.stream
+    }
+    fn event_type(&self) -> &str {
+        self.event_type
+    }
+    fn content_type(&self) -> &str {
+        self.content_type
+    }
+    fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+    fn timestamp_micros(&self) -> i64 {
+        self.timestamp_micros
+    }
+    fn data(&self) -> &[u8] {
+        self.data
+    }
+    fn metadata_json(&self) -> String {
+        // Viewing the record checked its metadata's lengths and text already.
+        serde_json::to_string(&self.metadata().unwrap_or_default()).unwrap_or_default()
     }
 }
 
@@ -325,26 +431,24 @@ impl BatchBuilder {
             .collect()
     }
 
-    fn push(&mut self, event: &RecordedEvent) {
+    fn push(&mut self, event: &impl EventFields) {
         for (column, builder) in self.columns.iter().zip(&mut self.builders) {
             match (column, builder) {
                 (Column::Partition, Builder::UInt32(b)) => b.append_value(self.partition),
-                (Column::Offset, Builder::UInt64(b)) => b.append_value(event.offset.0),
-                (Column::Revision, Builder::UInt64(b)) => b.append_value(event.revision.0),
-                (Column::Stream, Builder::Text(b)) => b.append_value(&event.stream),
-                (Column::Type, Builder::Text(b)) => b.append_value(&event.event_type),
-                (Column::ContentType, Builder::Text(b)) => b.append_value(&event.content_type),
+                (Column::Offset, Builder::UInt64(b)) => b.append_value(event.offset()),
+                (Column::Revision, Builder::UInt64(b)) => b.append_value(event.revision()),
+                (Column::Stream, Builder::Text(b)) => b.append_value(event.stream()),
+                (Column::Type, Builder::Text(b)) => b.append_value(event.event_type()),
+                (Column::ContentType, Builder::Text(b)) => b.append_value(event.content_type()),
                 (Column::Id, Builder::Text(b)) => {
                     // Infallible: writing to a string builder.
-                    let _ = write!(b, "{}", event.id.hyphenated());
+                    let _ = write!(b, "{}", event.id().hyphenated());
                     b.append_value("");
                 }
-                (Column::Timestamp, Builder::Micros(b)) => b.append_value(event.timestamp_micros),
-                (Column::Data, Builder::Text(b)) => b.append_option(std::str::from_utf8(&event.data).ok()),
-                (Column::DataBytes, Builder::Bytes(b)) => b.append_value(&event.data),
-                (Column::Metadata, Builder::Text(b)) => {
-                    b.append_value(serde_json::to_string(&event.metadata).unwrap_or_default())
-                }
+                (Column::Timestamp, Builder::Micros(b)) => b.append_value(event.timestamp_micros()),
+                (Column::Data, Builder::Text(b)) => b.append_option(std::str::from_utf8(event.data()).ok()),
+                (Column::DataBytes, Builder::Bytes(b)) => b.append_value(event.data()),
+                (Column::Metadata, Builder::Text(b)) => b.append_value(event.metadata_json()),
                 // The builders are made from the columns, one for one.
                 _ => {}
             }

@@ -14,7 +14,6 @@ use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::expr::Between;
 use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::expr::Like;
-use fjord_log::RecordedEvent;
 
 use crate::schema;
 
@@ -75,11 +74,11 @@ impl EventFilter {
 
     /// Whether `event` passes the parts of the filter a scan checks row by row (stream, prefix, type and
     /// time; partitions and offsets decide what is read).
-    pub(crate) fn keeps(&self, event: &RecordedEvent) -> bool {
-        self.streams.as_ref().is_none_or(|streams| streams.contains(&event.stream))
-            && self.stream_prefix.as_ref().is_none_or(|prefix| event.stream.starts_with(prefix.as_str()))
-            && self.types.as_ref().is_none_or(|types| types.contains(&event.event_type))
-            && self.micros.contains(&event.timestamp_micros)
+    pub(crate) fn keeps(&self, stream: &str, event_type: &str, timestamp_micros: i64) -> bool {
+        self.streams.as_ref().is_none_or(|streams| streams.contains(stream))
+            && self.stream_prefix.as_ref().is_none_or(|prefix| stream.starts_with(prefix.as_str()))
+            && self.types.as_ref().is_none_or(|types| types.contains(event_type))
+            && self.micros.contains(&timestamp_micros)
     }
 
     /// Narrows the filter by `expr`; whether it could.

@@ -23,7 +23,6 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
@@ -32,6 +31,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::TableType;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use fjord_log::LogStore;
@@ -157,8 +157,8 @@ pub(crate) fn streams_table(store: Arc<LogStore>, scope: StreamScope) -> Arc<dyn
     Arc::new(StreamsTable { store, scope })
 }
 
-/// What builds a small table's columns when a query scans it.
-type Columns = Box<dyn Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync>;
+/// What builds a small table's columns when a query runs.
+type Columns = Arc<dyn Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync>;
 
 /// A table of a few rows, built whole when a query scans it.
 struct SmallTable {
@@ -168,7 +168,7 @@ struct SmallTable {
 
 impl SmallTable {
     fn new(schema: SchemaRef, columns: impl Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync + 'static) -> Self {
-        SmallTable { schema, columns: Box::new(columns) }
+        SmallTable { schema, columns: Arc::new(columns) }
     }
 }
 
@@ -195,8 +195,34 @@ impl TableProvider for SmallTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = RecordBatch::try_new(self.schema.clone(), (self.columns)().await)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
+        // Built when the query runs, not when it is planned: planning (a prepared statement, a Flight SQL
+        // `GetFlightInfo`) asks no other member anything.
+        let rows = Arc::new(SmallTableRows { schema: self.schema.clone(), columns: self.columns.clone() });
+        Ok(Arc::new(StreamingTableExec::try_new(self.schema.clone(), vec![rows], projection, [], false, None)?))
+    }
+}
+
+/// A small table's rows, built when a query runs.
+struct SmallTableRows {
+    schema: SchemaRef,
+    columns: Columns,
+}
+
+impl fmt::Debug for SmallTableRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmallTableRows").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for SmallTableRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (schema, columns) = (self.schema.clone(), self.columns.clone());
+        let batch = futures::stream::once(async move { Ok(RecordBatch::try_new(schema, columns().await)?) });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batch))
     }
 }
 

@@ -369,4 +369,11 @@ async fn limits_fail_the_query_not_the_node() {
     assert!(matches!(error, QueryError::Busy(1)), "{error}");
     drop(first);
     assert_eq!(count(&single, "SELECT count(*) FROM events").await, 4_200);
+
+    // An answer nobody reads (a Postgres portal left suspended) holds its place only until its time is up.
+    let brief = fixture.engine(QueryLimits { max_concurrent: 1, timeout_ms: 300, ..QueryLimits::default() });
+    let abandoned = brief.query(request("SELECT * FROM events")).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&brief, "SELECT count(*) FROM events").await, 4_200);
+    drop(abandoned);
 }

@@ -52,6 +52,17 @@ pub(super) fn pg_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
+/// The Postgres type of a value of `data_type` as a client is sent it (`pg_schema`'s mapping; unknown or
+/// unmapped: `text`, which the engine casts from).
+pub(super) fn pg_type(data_type: Option<&DataType>) -> pgwire::api::Type {
+    let sent = match data_type {
+        Some(DataType::UInt64) => DataType::Int64,
+        Some(other) => other.clone(),
+        None => DataType::Utf8,
+    };
+    arrow_pg::datatypes::into_pg_type(&sent).unwrap_or(pgwire::api::Type::TEXT)
+}
+
 /// The row description of an answer with `schema`, each column in the format the client asked for.
 pub(super) fn row_description(schema: &Schema, format: &Format) -> Result<Vec<FieldInfo>, PgWireError> {
     arrow_schema_to_pg_fields(&pg_schema(schema), format, None)

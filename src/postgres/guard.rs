@@ -24,6 +24,8 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 const MAX_STARTUP_BYTES: usize = 10_000;
 /// How long a connection that is refused may take to say who it is.
 const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send its startup message (pgwire gives the login that follows as long).
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the guard closed a connection.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub(super) enum Refusal {
     /// Bytes that are not Postgres's framing.
     #[error("not the Postgres protocol: {0}")]
     Garbled(&'static str),
+    /// No startup message within [`STARTUP_WAIT`].
+    #[error("no startup message within {0:?}")]
+    Silent(std::time::Duration),
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -73,11 +78,16 @@ pub(super) async fn serve_connection(
         let _ = protocol_write.shutdown().await;
         outcome
     };
-    let (answered, requested) = tokio::join!(answers, requests);
+    // Whichever side ends first ends the connection: a client gone, or the protocol done with it (after a
+    // `Terminate`, a failed login, pgwire's login timeout). A client that stops reading or sending holds
+    // nothing past that.
+    let outcome = tokio::select! {
+        answered = answers => answered.map_err(Refusal::from),
+        requested = requests => requested,
+    };
     protocol.abort();
-    requested?;
-    answered?;
-    Ok(())
+    let _ = client_write.lock().await.shutdown().await;
+    outcome
 }
 
 /// Copies the client's messages to the protocol, each only once its length is known to be within the
@@ -88,7 +98,8 @@ async fn pump_requests(
     client_write: &Mutex<OwnedWriteHalf>,
     max_message_bytes: usize,
 ) -> Result<(), Refusal> {
-    let Some(startup) = read_startup(client, client_write).await? else { return Ok(()) };
+    let startup = tokio::time::timeout(STARTUP_WAIT, read_startup(client, client_write)).await;
+    let Some(startup) = startup.map_err(|_| Refusal::Silent(STARTUP_WAIT))?? else { return Ok(()) };
     protocol.write_all(&startup).await?;
     loop {
         let mut header = [0u8; 5];

@@ -45,7 +45,7 @@ impl Default for PostgresLimits {
     }
 }
 
-/// What every connection is served with: the engine, the token key, and this node's region.
+/// What every connection is served with: the login (tokens) and the statements (the engine).
 struct Handlers {
     login: Arc<TokenLogin>,
     statements: Arc<Statements>,
@@ -65,6 +65,9 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// Connections over the limit being told so at once; more are closed without a word.
+const MAX_REFUSALS: usize = 64;
+
 /// Serves the Postgres wire protocol on `listener` until `stop` says so.
 pub async fn serve(
     listener: TcpListener,
@@ -79,20 +82,34 @@ pub async fn serve(
         statements: Arc::new(Statements::new(engine, region)),
     });
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
     loop {
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "postgres: accepting a connection failed");
-                    continue;
-                }
-            },
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => return Ok(()),
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!(%error, "postgres: accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(guard::refuse(socket, limits.max_connections));
+            // Told why, while few wait to be told; past that, closed at once.
+            if let Ok(telling) = refusals.clone().try_acquire_owned() {
+                let max_connections = limits.max_connections;
+                tokio::spawn(async move {
+                    guard::refuse(socket, max_connections).await;
+                    drop(telling);
+                });
+            }
             continue;
         };
         let (handlers, max_message_bytes) = (handlers.clone(), limits.max_message_bytes);

@@ -58,20 +58,24 @@ const CLIENT_SETTINGS: [&str; 14] = [
 pub(super) struct Session {
     /// The streams the token lets its queries see.
     pub(super) scope: StreamScope,
+    /// When the token expires: the session serves nothing after it, as a gRPC call with it would not.
+    expires: Option<SystemTime>,
     /// What `SET fjord.wait_for` last set.
     pub(super) wait_for: std::sync::Mutex<Option<ConsistencyToken>>,
 }
 
 impl Session {
-    /// The session of `client`: there is one once it has logged in, and no query runs before.
+    /// The session of `client`: there is one once it has logged in, and no query runs before it or after
+    /// its token expired.
     pub(super) fn of(client: &impl ClientInfo) -> PgWireResult<Arc<Session>> {
-        client.session_extensions().get::<Session>().ok_or_else(|| {
-            PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_owned(),
-                "28000".to_owned(),
-                "not logged in".to_owned(),
-            )))
-        })
+        let refused = |message: &str| {
+            PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".to_owned(), "28000".to_owned(), message.to_owned())))
+        };
+        let session = client.session_extensions().get::<Session>().ok_or_else(|| refused("not logged in"))?;
+        if session.expires.is_some_and(|expires| expires <= SystemTime::now()) {
+            return Err(refused("the token this session logged in with has expired; connect again with a new one"));
+        }
+        Ok(session)
     }
 
     /// The consistency token the session's queries wait for, if it set one.
@@ -122,8 +126,11 @@ impl StartupHandler for TokenLogin {
                     .verify(token.trim(), SystemTime::now())
                     .map_err(|error| refused(format!("the password must be a token of this region: {error}")))?;
                 let scope = query_scope(&claims).ok_or_else(|| refused(no_query_grant(&claims)))?;
-                client.session_extensions().insert(Session { scope, wait_for: std::sync::Mutex::new(None) });
-                client.set_pid_and_secret_key(rand_pid(), pgwire::messages::startup::SecretKey::I32(rand_pid()));
+                let expires = claims.exp.map(|secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+                let wait_for = std::sync::Mutex::new(None);
+                client.session_extensions().insert(Session { scope, expires, wait_for });
+                let key = pgwire::messages::startup::SecretKey::I32(next_backend_id());
+                client.set_pid_and_secret_key(next_backend_id(), key);
                 tracing::debug!(subject = %claims.sub, "postgres: logged in");
                 finish_authentication(client, &self.parameters).await?;
             }
@@ -133,9 +140,10 @@ impl StartupHandler for TokenLogin {
     }
 }
 
-/// A backend "process id" for the client's records (Fjord has no processes per connection, and does not
-/// take cancel requests: a query's time limit ends a runaway one).
-fn rand_pid() -> i32 {
+/// The next of the numbers a client is given as its backend's process id and secret key, for its records
+/// only: Fjord has no process per connection and takes no cancel requests (a query's time limit ends a
+/// runaway one), so neither is a secret.
+fn next_backend_id() -> i32 {
     use std::sync::atomic::AtomicI32;
     use std::sync::atomic::Ordering;
     static NEXT: AtomicI32 = AtomicI32::new(1);
@@ -155,9 +163,11 @@ pub(super) enum SessionCommand {
     WaitFor(Option<ConsistencyToken>),
     /// A client setting, accepted without effect.
     Accepted,
-    /// `DEALLOCATE [ALL | name]`, `DISCARD ALL`: what a driver sends to forget its prepared statements
-    /// (psycopg, on rollback); they are the connection's own and go with it.
+    /// `DEALLOCATE [ALL | name]`: what a driver sends to forget its prepared statements (psycopg, on
+    /// rollback). Accepted: a prepared statement holds no query slot, and goes with its connection.
     Forget(&'static str),
+    /// `DISCARD ALL`, `RESET ALL`: the session as it was at login (no consistency token).
+    Reset(&'static str),
 }
 
 impl SessionCommand {
@@ -173,7 +183,8 @@ impl SessionCommand {
             "rollback" | "abort" => SessionCommand::Rollback,
             "set" | "reset" => return setting(text, first == "reset").map(Some),
             "deallocate" => SessionCommand::Forget("DEALLOCATE"),
-            "discard" => SessionCommand::Forget("DISCARD"),
+            // What a connection pool sends to hand a clean session to its next user: the token too.
+            "discard" => SessionCommand::Reset("DISCARD"),
             _ => return Ok(None),
         }))
     }
@@ -186,14 +197,18 @@ impl SessionCommand {
             SessionCommand::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
             SessionCommand::WaitFor(_) | SessionCommand::Accepted => Response::Execution(Tag::new("SET")),
             SessionCommand::Forget(tag) => Response::Execution(Tag::new(tag)),
+            SessionCommand::Reset(tag) => Response::Execution(Tag::new(tag)),
         }
     }
 
     /// Applies the command to `session`.
     pub(super) fn apply(&self, session: &Session) {
-        if let SessionCommand::WaitFor(token) = self {
-            *session.wait_for.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token.clone();
-        }
+        let token = match self {
+            SessionCommand::WaitFor(token) => token.clone(),
+            SessionCommand::Reset(_) => None,
+            _ => return,
+        };
+        *session.wait_for.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
     }
 }
 
@@ -207,6 +222,10 @@ fn setting(text: &str, reset: bool) -> Result<SessionCommand, QueryError> {
         })
         .unwrap_or(rest)
         .trim();
+    // `SET TIME ZONE 'UTC'`: the one setting whose name has a space.
+    if !reset && rest.get(..9).is_some_and(|head| head.eq_ignore_ascii_case("time zone")) {
+        return Ok(SessionCommand::Accepted);
+    }
     let (name, value) = if reset {
         (rest, None)
     } else {
@@ -218,11 +237,14 @@ fn setting(text: &str, reset: bool) -> Result<SessionCommand, QueryError> {
         (name, Some(value))
     };
     let name = name.trim().to_ascii_lowercase();
+    if reset && name == "all" {
+        return Ok(SessionCommand::Reset("RESET"));
+    }
     if name == WAIT_FOR_SETTING {
         let value = value.map(|v| v.trim_matches('\'')).filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("default"));
         return Ok(SessionCommand::WaitFor(value.map(str::parse).transpose()?));
     }
-    if name == "all" && reset || CLIENT_SETTINGS.contains(&name.as_str()) || name == "time zone" {
+    if CLIENT_SETTINGS.contains(&name.as_str()) {
         return Ok(SessionCommand::Accepted);
     }
     Err(QueryError::UnknownSetting(name))
@@ -238,6 +260,9 @@ mod tests {
         assert_eq!(SessionCommand::parse(" commit ; ").unwrap(), Some(SessionCommand::Commit));
         assert_eq!(SessionCommand::parse("SELECT 1").unwrap(), None);
         assert_eq!(SessionCommand::parse("DEALLOCATE ALL").unwrap(), Some(SessionCommand::Forget("DEALLOCATE")));
+        assert_eq!(SessionCommand::parse("DISCARD ALL").unwrap(), Some(SessionCommand::Reset("DISCARD")));
+        assert_eq!(SessionCommand::parse("RESET ALL").unwrap(), Some(SessionCommand::Reset("RESET")));
+        assert_eq!(SessionCommand::parse("SET TIME ZONE 'UTC'").unwrap(), Some(SessionCommand::Accepted));
         assert_eq!(SessionCommand::parse("set extra_float_digits = 3").unwrap(), Some(SessionCommand::Accepted));
         assert_eq!(SessionCommand::parse("SET SESSION TimeZone TO 'UTC'").unwrap(), Some(SessionCommand::Accepted));
         let token = SessionCommand::parse("SET fjord.wait_for = 'eu:0=5,1=7'").unwrap();

@@ -15,20 +15,32 @@ use fjord_query::QueryEngine;
 use fjord_query::QueryError;
 use fjord_query::QueryRequest;
 use futures::Sink;
+use futures::SinkExt;
 use pgwire::api::ClientInfo;
 use pgwire::api::ClientPortalStore;
+use pgwire::api::DEFAULT_NAME;
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
 use pgwire::api::portal::Portal;
+use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::query::ExtendedQueryHandler;
 use pgwire::api::query::SimpleQueryHandler;
+use pgwire::api::query::send_execution_response;
+use pgwire::api::query::send_query_response;
+use pgwire::api::query::send_ready_for_query;
 use pgwire::api::results::FieldInfo;
 use pgwire::api::results::Response;
 use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::error::PgWireError;
 use pgwire::error::PgWireResult;
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::EmptyQueryResponse;
+use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::simplequery::Query;
 
 use super::encode;
 use super::session::Session;
@@ -92,6 +104,42 @@ impl Statements {
 
 #[async_trait]
 impl SimpleQueryHandler for Statements {
+    /// A text of several statements runs them one at a time, each answer sent before the next statement
+    /// starts (pgwire's default would start them all first, each holding a place among the node's
+    /// queries); one statement takes pgwire's way, through [`Self::do_query`].
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = split_statements(&query.query);
+        if statements.len() <= 1 {
+            return self._on_query(client, query).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let session = Session::of(&*client)?;
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let mut transaction = client.transaction_status();
+        for sql in statements {
+            let response = self.run(&session, &sql, Vec::new(), &Format::UnifiedText).await;
+            // Postgres stops a text of statements at its first error.
+            let failed = response.is_err();
+            let response =
+                response.unwrap_or_else(|error| Response::Error(Box::new(error_info(encode::pg_error(error, &sql)))));
+            transaction = send_response(client, response, transaction, true).await?;
+            if failed {
+                break;
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(transaction);
+        send_ready_for_query(client, transaction).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -100,19 +148,54 @@ impl SimpleQueryHandler for Statements {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = Session::of(&*client)?;
-        let mut responses = Vec::new();
-        for sql in split_statements(query) {
-            match self.run(&session, &sql, Vec::new(), &Format::UnifiedText).await {
-                Ok(response) => responses.push(response),
-                // Postgres stops a multi-statement text at its first error.
-                Err(error) => {
-                    responses.push(Response::Error(Box::new(error_info(encode::pg_error(error, &sql)))));
-                    break;
-                }
-            }
-        }
-        Ok(responses)
+        let response = self.run(&session, query, Vec::new(), &Format::UnifiedText).await;
+        Ok(vec![response.unwrap_or_else(|error| Response::Error(Box::new(error_info(encode::pg_error(error, query)))))])
     }
+}
+
+/// Sends `response` to the client (its row description too when `describe`), streaming a query's rows as
+/// they come; the transaction status after it.
+async fn send_response<C>(
+    client: &mut C,
+    response: Response,
+    transaction: TransactionStatus,
+    describe: bool,
+) -> PgWireResult<TransactionStatus>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    Ok(match response {
+        Response::Query(answer) => {
+            send_query_response(client, answer, describe).await?;
+            transaction
+        }
+        Response::Execution(tag) => {
+            send_execution_response(client, tag).await?;
+            transaction
+        }
+        Response::TransactionStart(tag) => {
+            send_execution_response(client, tag).await?;
+            transaction.to_in_transaction_state()
+        }
+        Response::TransactionEnd(tag) => {
+            send_execution_response(client, tag).await?;
+            transaction.to_idle_state()
+        }
+        Response::Error(error) => {
+            client.feed(PgWireBackendMessage::ErrorResponse((*error).into())).await?;
+            transaction.to_error_state()
+        }
+        Response::EmptyQuery => {
+            client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?;
+            transaction
+        }
+        // Statements here never copy.
+        Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+            return Err(PgWireError::ApiError("COPY is not supported".into()));
+        }
+    })
 }
 
 #[async_trait]
@@ -122,6 +205,40 @@ impl ExtendedQueryHandler for Statements {
 
     fn query_parser(&self) -> Arc<Parser> {
         self.parser.clone()
+    }
+
+    /// An `Execute` of a portal not run yet, for all its rows (what drivers send) streams the answer to the
+    /// client as it comes, where pgwire's default gathers every row first; anything else (a row limit, a
+    /// suspended portal) takes pgwire's way.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal))
+                if message.max_rows == 0
+                    && matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+                    && matches!(*portal.state().lock().await, PortalExecutionState::Initial) =>
+            {
+                portal
+            }
+            _ => return self._on_execute(client, message).await,
+        };
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await?;
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        let transaction = send_response(client, response, client.transaction_status(), false).await?;
+        if matches!(transaction, TransactionStatus::Idle) {
+            // As pgwire does: the unnamed portal ends with its transaction.
+            client.portal_store().rm_portal(DEFAULT_NAME);
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(transaction);
+        Ok(())
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Statement>, _max_rows: usize) -> PgWireResult<Response>
@@ -171,23 +288,12 @@ impl QueryParser for Parser {
 
     fn get_parameter_types(&self, statement: &Statement) -> PgWireResult<Vec<Type>> {
         let Statement::Query { prepared, .. } = statement else { return Ok(Vec::new()) };
-        prepared
-            .parameter_types
-            .iter()
-            .map(|data_type| match data_type {
-                Some(data_type) => {
-                    let field = datafusion::arrow::datatypes::Field::new("", data_type.clone(), true);
-                    let schema = encode::pg_schema(&datafusion::arrow::datatypes::Schema::new(vec![field]));
-                    arrow_pg::datatypes::into_pg_type(schema.field(0).data_type())
-                }
-                None => Ok(Type::TEXT),
-            })
-            .collect()
+        Ok(prepared.parameter_types.iter().map(|data_type| encode::pg_type(data_type.as_ref())).collect())
     }
 
     fn get_result_schema(&self, statement: &Statement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
         let Statement::Query { prepared, .. } = statement else { return Ok(Vec::new()) };
-        encode::row_description(&prepared.schema, format.unwrap_or(&Format::UnifiedBinary))
+        encode::row_description(&prepared.schema, format.unwrap_or(&Format::UnifiedText))
     }
 }
 
@@ -215,10 +321,7 @@ fn bind_parameters(portal: &Portal<Statement>, prepared: &Prepared) -> Result<Ve
             }
             let declared = portal.statement.parameter_types.get(index).cloned().flatten();
             let inferred = prepared.parameter_types.get(index).cloned().flatten();
-            let pg_type = declared.unwrap_or_else(|| match inferred {
-                Some(data_type) => arrow_pg::datatypes::into_pg_type(&data_type).unwrap_or(Type::TEXT),
-                None => Type::TEXT,
-            });
+            let pg_type = declared.unwrap_or_else(|| encode::pg_type(inferred.as_ref()));
             binary_value(bytes, &pg_type)
                 .ok_or_else(|| QueryError::BadParameter(format!("parameter ${number}: not a binary {pg_type} value")))?
         })

@@ -54,7 +54,6 @@ use fjord_query::ConsistencyToken;
 use fjord_query::QueryEngine;
 use fjord_query::QueryError;
 use fjord_query::QueryRequest;
-use fjord_query::StreamScope;
 use futures::Stream;
 use futures::StreamExt;
 use futures::TryStreamExt;
@@ -76,8 +75,10 @@ pub const WAIT_FOR_HEADER: &str = "x-fjord-wait-for";
 pub const APPLIED_HEADER: &str = "x-fjord-applied";
 /// The header naming the node that answered.
 pub const NODE_HEADER: &str = "x-fjord-node";
-/// The most bytes of bound parameters one prepared statement carries.
-const MAX_PARAMETER_BYTES: usize = 1024 * 1024;
+/// The most bytes of bound parameters (as Arrow IPC) one prepared statement carries: its handle, with the
+/// statement (at most `max_query_bytes`, 64 KiB by default) and these in base64, must fit the 64 KiB the
+/// service's messages may take beyond a query's text.
+const MAX_PARAMETER_BYTES: usize = 32 * 1024;
 
 /// The Flight SQL service of one node.
 pub struct FlightSql {
@@ -165,10 +166,9 @@ impl FlightSql {
     }
 
     /// The tables a caller of `request` can query, with their schemas.
-    async fn tables<T>(&self, request: &Request<T>) -> Result<(StreamScope, Vec<(String, SchemaRef)>), Status> {
+    async fn tables<T>(&self, request: &Request<T>) -> Result<Vec<(String, SchemaRef)>, Status> {
         let scope = authorize_query(request)?;
-        let tables = self.engine.tables(&scope).await.map_err(status)?;
-        Ok((scope, tables))
+        self.engine.tables(&scope).await.map_err(status)
     }
 }
 
@@ -192,9 +192,6 @@ impl StatementHandle {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, Status> {
-        if bytes.len() > MAX_PARAMETER_BYTES * 2 {
-            return Err(status(QueryError::BadParameter("the statement handle is too large".to_owned())));
-        }
         serde_json::from_slice(bytes).map_err(|_| Status::invalid_argument("not a statement handle of this service"))
     }
 
@@ -381,7 +378,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, tables) = self.tables(&request).await?;
+        let tables = self.tables(&request).await?;
         let mut builder = query.into_builder();
         for (name, schema) in tables {
             let kind = if name.starts_with("fjord_") { "SYSTEM TABLE" } else { "TABLE" };
@@ -423,22 +420,26 @@ impl FlightSqlService for FlightSql {
         let bad = |why: String| status(QueryError::BadParameter(why));
         let mut batches =
             FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from));
-        let mut rows = Vec::new();
+        // One row of parameters, refused as soon as more arrives: nothing beyond it is held.
+        let mut row: Option<RecordBatch> = None;
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(|e| bad(e.to_string()))?;
-            if batch.num_rows() > 0 {
-                rows.push(batch);
+            if batch.num_rows() == 0 {
+                continue;
             }
+            if row.is_some() || batch.num_rows() > 1 {
+                return Err(bad("bind one row of parameters per execution".to_owned()));
+            }
+            row = Some(batch);
         }
-        let parameters = match rows.as_slice() {
-            [] => Vec::new(),
-            [batch] if batch.num_rows() == 1 => {
+        let parameters = match row {
+            None => Vec::new(),
+            Some(batch) => {
                 let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema())
                     .map_err(|e| bad(e.to_string()))?;
-                writer.write(batch).and_then(|()| writer.finish()).map_err(|e| bad(e.to_string()))?;
+                writer.write(&batch).and_then(|()| writer.finish()).map_err(|e| bad(e.to_string()))?;
                 writer.into_inner().map_err(|e| bad(e.to_string()))?
             }
-            _ => return Err(bad("bind one row of parameters per execution".to_owned())),
         };
         if parameters.len() > MAX_PARAMETER_BYTES {
             return Err(bad(format!(
