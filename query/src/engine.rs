@@ -1,6 +1,7 @@
 //! The node's SQL engine: one DataFusion setup shared by every query, and for each query its own catalog
 //! (so a token's scope never leaks into another query), its own memory pool, a time limit, a place among
-//! the node's concurrent queries, and a [`Cut`] that says how fresh its answer is.
+//! the node's concurrent queries, and a [`Cut`] that says how fresh its answer is. Queries are planned where
+//! they arrive and run on the queries' own runtime, below the node's other work (`executor`).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -48,6 +49,7 @@ use crate::cut::Cut;
 use crate::cut::wait_until_applied;
 use crate::error::QueryError;
 use crate::events::EventsTable;
+use crate::executor::QueryExecutor;
 use crate::scope::StreamScope;
 use crate::system;
 use crate::system::RegionView;
@@ -128,6 +130,7 @@ pub struct QueryEngine {
     limits: QueryLimits,
     running: Arc<Semaphore>,
     base: SessionState,
+    executor: QueryExecutor,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -139,8 +142,9 @@ impl std::fmt::Debug for QueryEngine {
 impl QueryEngine {
     /// The engine over `store`'s log, with `region` for the system tables.
     pub fn new(store: Arc<LogStore>, region: Arc<dyn RegionView>, limits: QueryLimits) -> Result<Self, QueryError> {
+        let cores = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
         let mut config = SessionConfig::new()
-            .with_target_partitions(std::thread::available_parallelism().map_or(2, NonZeroUsize::get))
+            .with_target_partitions(cores)
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA);
         // Postgres's dialect: `->>` on JSON, and what psql and drivers send.
@@ -157,7 +161,8 @@ impl QueryEngine {
             SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
         datafusion_functions_json::register_all(&mut base).map_err(|error| QueryError::Internal(error.to_string()))?;
         let running = Arc::new(Semaphore::new(limits.max_concurrent));
-        Ok(QueryEngine { store, region, limits, running, base })
+        let executor = QueryExecutor::new(cores)?;
+        Ok(QueryEngine { store, region, limits, running, base, executor })
     }
 
     /// The limits queries run under.
@@ -185,8 +190,12 @@ impl QueryEngine {
         let start = async {
             let plan = plan(&context, &request.sql).await?;
             let plan = bind(plan, request.params)?;
-            let frame = context.execute_logical_plan(plan).await.map_err(|e| QueryError::from_datafusion(e, memory))?;
-            frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, memory))
+            let failed = |e| QueryError::from_datafusion(e, memory);
+            let frame = context.execute_logical_plan(plan).await.map_err(failed)?;
+            let task = Arc::new(frame.task_ctx());
+            let physical = frame.create_physical_plan().await.map_err(failed)?;
+            // Planned here; run where queries run, below the node's own work.
+            self.executor.execute(physical, task)
         };
         let batches = match tokio::time::timeout_at(deadline, start).await {
             Err(_) => return Err(QueryError::Timeout(timeout)),

@@ -12,6 +12,7 @@ pub mod cut;
 pub mod engine;
 pub mod error;
 mod events;
+mod executor;
 mod filter;
 pub mod schema;
 pub mod scope;
