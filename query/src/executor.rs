@@ -1,8 +1,9 @@
 //! Where queries run: a tokio runtime of their own, whose threads (the workers that run DataFusion's
-//! operators and the pool that reads the log for scans) the OS schedules below the node's other threads.
-//! A heavy query then takes the CPU that appends and Raft leave over, not the CPU they need: without it,
-//! sixteen scans on a two-core node stretched appends' p99 from 4 ms to 3 s. (InfluxDB IOx runs DataFusion
-//! on a dedicated executor for the same reason.)
+//! operators and the pool that reads the log for scans) the OS schedules as idle work (`SCHED_IDLE`): a
+//! heavy query takes the CPU that appends and Raft leave over, and any of the node's threads that wakes up
+//! takes the CPU back at once. Without it, sixteen heavy queries on a two-core node stretched appends' p99
+//! from 4 ms to 3 s; at nice 10 to 27 ms, at nice 19 to 16 ms (bench/run-query, 1M events). (InfluxDB IOx
+//! runs DataFusion on a dedicated executor for the same reason.)
 
 use std::sync::Arc;
 
@@ -17,10 +18,6 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 
-/// The nice value of the query runtime's threads (the node's others run at 0): the lowest, so under
-/// contention a query thread gets about 1.5 % of the share of a busy node thread (nice 10, a tenth, still
-/// let sixteen heavy queries stretch appends' p99 8.7x on two cores), and all the CPU the node leaves idle.
-const QUERY_THREAD_NICE: i32 = 19;
 /// Blocking threads (the scans' log reads) per worker thread.
 const SCAN_THREADS_PER_WORKER: usize = 2;
 /// Record batches a running query holds ready ahead of its reader.
@@ -105,10 +102,12 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Lowers the calling thread's scheduling priority to [`QUERY_THREAD_NICE`].
+/// Makes the calling thread idle work for the scheduler (`SCHED_IDLE`): it runs on CPU no other thread
+/// wants, and a thread of the node's that wakes up preempts it.
 fn lower_priority() {
-    // SAFETY: setpriority only reads its arguments; on Linux, PRIO_PROCESS with 0 names the calling thread.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call, which only reads it; pid 0 names the calling thread.
     // Where it is not allowed, queries run at the node's priority: slower appends beside heavy queries,
     // nothing worse.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, QUERY_THREAD_NICE) };
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
