@@ -118,10 +118,17 @@ impl FlightSql {
             }
             None => Default::default(),
         };
-        let advertised = self.engine.prepare(&handle.sql, &scope).await.map_err(status)?.schema;
         let params = handle.parameters()?;
+        // What GetFlightInfo advertised: for a statement without parameters, the schema its run streams
+        // (both plan it the same way); with parameters, the unbound plan's, which the answer is made to fit.
+        let advertised = if params.is_empty() {
+            None
+        } else {
+            Some(self.engine.prepare(&handle.sql, &scope).await.map_err(status)?.schema)
+        };
         let request = QueryRequest { wait_for, params, ..QueryRequest::new(handle.sql, scope) };
         let result = self.engine.query(request).await.map_err(status)?;
+        let advertised = advertised.unwrap_or_else(|| result.stream.schema());
         let applied =
             ConsistencyToken { region: self.region.clone(), offsets: result.cut.offsets().iter().copied().collect() };
         let schema = advertised.clone();
