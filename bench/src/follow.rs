@@ -29,6 +29,7 @@ use crate::load::CpuSeconds;
 use crate::load::Pace;
 use crate::load::Window;
 use crate::load::join_writers;
+use crate::load::preload_progress;
 use crate::load::writer_loop;
 use crate::summary::Latency;
 use crate::summary::histogram;
@@ -266,21 +267,8 @@ async fn preload(target: &Arc<Target>, count: u64, size: usize) -> anyhow::Resul
             }
         }));
     }
-    let started = Instant::now();
-    let mut shown = Instant::now();
-    for writer in writers {
-        while !writer.is_finished() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if shown.elapsed() >= Duration::from_secs(2) {
-                let done = next.load(std::sync::atomic::Ordering::Relaxed).min(batches) * PRELOAD_BATCH as u64;
-                eprintln!("preloading: {} of {count} events appended", done.min(count));
-                shown = Instant::now();
-            }
-        }
-        writer.await??;
-    }
-    eprintln!("preloaded {count} events in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    let appended = || next.load(std::sync::atomic::Ordering::Relaxed).min(batches) * PRELOAD_BATCH as u64;
+    preload_progress(writers, count, appended).await
 }
 
 /// One subscriber from the beginning of every partition, until `count` events came; their data bytes.

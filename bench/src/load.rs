@@ -151,3 +151,28 @@ fn clock_ticks_per_second() -> f64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
+
+/// Waits for `writers` (a preload), showing on stderr every two seconds how many of `total` events
+/// `appended` says are in and at what rate, then how long it took.
+pub(crate) async fn preload_progress(
+    writers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    total: u64,
+    appended: impl Fn() -> u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    for writer in writers {
+        while !writer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if shown.elapsed() >= Duration::from_secs(2) {
+                let done = appended().min(total);
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                eprintln!("preloading: {done} of {total} events appended ({rate:.0} events/s)");
+                shown = Instant::now();
+            }
+        }
+        writer.await??;
+    }
+    eprintln!("preloaded {total} events in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

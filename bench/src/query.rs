@@ -32,6 +32,7 @@ use crate::follow::settle;
 use crate::load::Pace;
 use crate::load::Window;
 use crate::load::join_writers;
+use crate::load::preload_progress;
 use crate::load::writer_loop;
 use crate::summary::Latency;
 use crate::target::System;
@@ -166,22 +167,7 @@ async fn preload(region: &Arc<FjordRegion>, events: u64) -> anyhow::Result<()> {
             }
         }));
     }
-    let started = Instant::now();
-    let mut shown = Instant::now();
-    for writer in writers {
-        while !writer.is_finished() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if shown.elapsed() >= Duration::from_secs(5) {
-                let done = next.load(Ordering::Relaxed).min(streams) * EVENTS_PER_STREAM;
-                let rate = done as f64 / started.elapsed().as_secs_f64();
-                eprintln!("query bench: preloading, {done} of {events} events appended ({rate:.0} events/s)");
-                shown = Instant::now();
-            }
-        }
-        writer.await??;
-    }
-    eprintln!("query bench: preloaded {events} events in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    preload_progress(writers, events, || next.load(Ordering::Relaxed).min(streams) * EVENTS_PER_STREAM).await
 }
 
 /// One order's 100 events, the same for the same `n` in every run.

@@ -10,7 +10,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::CastOptions;
 use datafusion::arrow::compute::cast_with_options;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::datatypes::Field;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::datatypes::SchemaRef;
 use fjord_query::QueryError;
@@ -42,24 +41,27 @@ fn syntax_position(sql: &str, message: &str) -> Option<usize> {
     Some(before + column)
 }
 
-/// The schema a Postgres client is sent: unsigned 64-bit columns (offsets, revisions) as `bigint`, which
-/// every driver reads as an integer (Postgres has no unsigned types; `numeric` would arrive as a decimal).
+/// The type a column of `data_type` is sent as: unsigned 64-bit values (offsets, revisions) as signed
+/// ones, which every driver reads as an integer (Postgres has no unsigned types; `numeric` would arrive as
+/// a decimal); everything else as it is.
+fn sent_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::UInt64 => DataType::Int64,
+        other => other.clone(),
+    }
+}
+
+/// The schema a Postgres client is sent (see [`sent_type`]).
 pub(super) fn pg_schema(schema: &Schema) -> SchemaRef {
-    let fields = schema.fields().iter().map(|field| match field.data_type() {
-        DataType::UInt64 => Arc::new(Field::new(field.name(), DataType::Int64, field.is_nullable())),
-        _ => field.clone(),
-    });
+    let fields =
+        schema.fields().iter().map(|field| field.as_ref().clone().with_data_type(sent_type(field.data_type())));
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
-/// The Postgres type of a value of `data_type` as a client is sent it (`pg_schema`'s mapping; unknown or
+/// The Postgres type of a value of `data_type` as a client is sent it ([`sent_type`]; unknown or
 /// unmapped: `text`, which the engine casts from).
 pub(super) fn pg_type(data_type: Option<&DataType>) -> pgwire::api::Type {
-    let sent = match data_type {
-        Some(DataType::UInt64) => DataType::Int64,
-        Some(other) => other.clone(),
-        None => DataType::Utf8,
-    };
+    let sent = data_type.map_or(DataType::Utf8, sent_type);
     arrow_pg::datatypes::into_pg_type(&sent).unwrap_or(pgwire::api::Type::TEXT)
 }
 

@@ -166,17 +166,11 @@ pub(super) async fn refuse(socket: TcpStream, max_connections: usize) {
     let _ = tokio::time::timeout(REFUSAL_WAIT, told).await;
 }
 
-/// An ErrorResponse of severity FATAL with `code` and `message`.
+/// An ErrorResponse of severity FATAL with `code` and `message`, encoded by pgwire.
 fn fatal_error(code: &str, message: &str) -> Vec<u8> {
-    let mut fields = Vec::new();
-    for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
-        fields.push(tag);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut out = vec![b'E'];
-    out.extend_from_slice(&u32::try_from(fields.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend(fields);
-    out
+    let info = pgwire::error::ErrorInfo::new("FATAL".to_owned(), code.to_owned(), message.to_owned());
+    let mut encoded = bytes::BytesMut::new();
+    // An error message always encodes (its fields are plain text).
+    let _ = pgwire::messages::PgWireBackendMessage::ErrorResponse(info.into()).encode(&mut encoded);
+    encoded.to_vec()
 }
