@@ -58,6 +58,19 @@ def timed(run, times):
     return answer, {"p50_ms": percentile(samples, 0.5), "p99_ms": percentile(samples, 0.99), "runs": times}
 
 
+def export(cursor, sql, parquet):
+    """Streams the answer to `sql` (Flight SQL, batch by batch) into the Parquet file `parquet`: rows, seconds."""
+    started = time.perf_counter()
+    cursor.execute(sql)
+    reader = cursor.fetch_record_batch()
+    exported = 0
+    with pq.ParquetWriter(parquet, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            exported += batch.num_rows
+    return exported, time.perf_counter() - started
+
+
 def rows(table):
     return [tuple(str(value) for value in row.values()) for row in table.to_pylist()]
 
@@ -77,15 +90,7 @@ def main():
     result = {"events": events}
 
     say(f"exporting {events} events to Parquet through Flight SQL")
-    started = time.perf_counter()
-    cursor.execute(EXPORT)
-    reader = cursor.fetch_record_batch()
-    exported = 0
-    with pq.ParquetWriter(parquet, reader.schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch)
-            exported += batch.num_rows
-    seconds = time.perf_counter() - started
+    exported, seconds = export(cursor, EXPORT, parquet)
     assert exported == events, f"exported {exported} events, expected {events}"
     result["export"] = {"events": exported, "seconds": seconds, "events_per_s": exported / seconds}
     say(f"exported in {seconds:.1f} s ({exported / seconds:,.0f} events/s)")

@@ -86,20 +86,32 @@ def section(runs, machine):
     return "\n".join(lines)
 
 
-def main():
-    results, machine, old = sys.argv[1:4]
-    runs = [json.loads(line) for line in open(results) if line.strip()]
+def replace_part(path, heading, part):
+    """The text of the Markdown file at `path` with its part under the top-level `heading` replaced by `part`
+    (or `part` added at the end)."""
     try:
-        text = open(old).read()
+        text = open(path).read()
     except FileNotFoundError:
         text = ""
-    before, found, after = text.partition(HEADING + "\n")
+    before, found, after = text.partition(heading + "\n")
     rest = ""
     if found:
         # The part ends at the next top-level heading.
         tail = after.split("\n# ", 1)
         rest = "\n# " + tail[1] if len(tail) == 2 else ""
-    print((before.rstrip() + "\n\n" if before.strip() else "") + section(runs, machine) + rest.rstrip() + "\n", end="")
+    return (before.rstrip() + "\n\n" if before.strip() else "") + part + rest.rstrip() + "\n"
+
+
+def write_part(heading, section_of):
+    """The scripts' command line: RESULTS_JSONL MACHINE RESULTS_MD; prints RESULTS_MD with its part under
+    `heading` made by `section_of(runs, machine)`."""
+    results, machine, old = sys.argv[1:4]
+    runs = [json.loads(line) for line in open(results) if line.strip()]
+    print(replace_part(old, heading, section_of(runs, machine)), end="")
+
+
+def main():
+    write_part(HEADING, section)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ pub enum Command {
     /// Run one SQL statement that reads against a running region (tables: events, fjord_partitions,
     /// fjord_members, fjord_streams).
     Sql(crate::sql::SqlArgs),
+    /// List the region's materialized views and follow those being built, with a progress bar.
+    Views(crate::sql::ViewsArgs),
     /// Make a region's security dir: its CA, node certificates, token key and an admin token.
     Certs(CertsArgs),
     /// Issue a bearer token signed with a security dir's token key.
@@ -180,6 +182,7 @@ fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Tail(args) => runtime.block_on(args.run()),
         Command::Subscription(args) => runtime.block_on(args.run()),
         Command::Sql(args) => runtime.block_on(args.run()),
+        Command::Views(args) => runtime.block_on(args.run()),
         Command::Certs(args) => make_certs(&args),
         Command::Token(args) => issue_token(&args),
     }

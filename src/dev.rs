@@ -11,6 +11,7 @@ use anyhow::Context;
 use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::event_store_client::EventStoreClient;
+use fjord_proto::v1::query_client::QueryClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -67,6 +68,7 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
         clients.push(EventStoreClient::new(InterceptedService::new(channel, bearer.clone())));
     }
     workload(&mut clients).await?;
+    sample_view(&addresses, &bearer).await?;
     println!("connect to any node: {}", addresses.values().map(ToString::to_string).collect::<Vec<_>>().join(", "));
     println!("auth is on; the admin token (every operation, every stream) is in {}:", security.admin_token().display());
     println!("  export FJORD_TOKEN={token}");
@@ -74,9 +76,18 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     println!("  fjord append --server {} order-1001 ItemAdded '{{\"sku\":\"tent\"}}'", addresses[&2]);
     println!("  fjord read --server {} order-1001", addresses[&3]);
     println!("  fjord sql --server {} \"SELECT type, count(*) FROM events GROUP BY type\"", addresses[&2]);
+    println!(
+        "  fjord views --server {}   (the materialized views, and progress bars for those being built)",
+        addresses[&1]
+    );
     let postgres = address(3, POSTGRES_PORT_OFFSET);
     println!(
         "  PGPASSWORD=\"$FJORD_TOKEN\" psql -h {} -p {} -U analyst -d fjord -c \"SELECT type, count(*) FROM events GROUP BY type\"",
+        postgres.ip(),
+        postgres.port()
+    );
+    println!(
+        "  PGPASSWORD=\"$FJORD_TOKEN\" psql -h {} -p {} -U analyst -d fjord -c \"SELECT * FROM {SAMPLE_VIEW} ORDER BY order_id\"",
         postgres.ip(),
         postgres.port()
     );
@@ -97,6 +108,46 @@ pub async fn run(base: NodeConfig, args: DevArgs) -> anyhow::Result<()> {
     println!("stopping");
     for node in nodes {
         node.stop().await?;
+    }
+    Ok(())
+}
+
+/// The materialized view `fjord dev` defines over its workload.
+const SAMPLE_VIEW: &str = "order_status";
+
+/// Defines [`SAMPLE_VIEW`] (each order's latest event, its events and items) through the first node's
+/// `Query` service, unless an earlier run did, and waits (a few seconds at most) until every node serves it.
+async fn sample_view(addresses: &BTreeMap<u64, SocketAddr>, bearer: &BearerToken) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for address in addresses.values() {
+        let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+        clients.push(QueryClient::new(InterceptedService::new(channel, bearer.clone())));
+    }
+    let sql = format!(
+        "CREATE MATERIALIZED VIEW {SAMPLE_VIEW} AS SELECT stream AS order_id, \
+         last_value(type ORDER BY \"offset\") AS status, count(*) AS events, \
+         sum(json_get_int(data, 'quantity')) AS items FROM events WHERE stream LIKE 'order-%' GROUP BY stream"
+    );
+    match clients[0].sql(v1::SqlRequest { sql, wait_for: None, max_staleness_ms: 0 }).await {
+        Ok(_) => println!("defined the materialized view {SAMPLE_VIEW}: each order's status, folded as events commit"),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            println!("the materialized view {SAMPLE_VIEW} (defined by an earlier run) folds on")
+        }
+        Err(status) => return Err(failed(status)),
+    }
+    // Where the first node stands, holding the definition: every node waits for that before it reads.
+    let standing = v1::SqlRequest { sql: "SELECT 1".to_owned(), wait_for: None, max_staleness_ms: 0 };
+    let mut answer = clients[0].sql(standing).await.map_err(failed)?.into_inner();
+    let freshness = answer.message().await.map_err(failed)?.and_then(|message| message.freshness);
+    let wait_for = freshness.map(|freshness| v1::ConsistencyToken {
+        region: REGION.to_owned(),
+        partition_offsets: freshness.applied_offsets,
+    });
+    let read = format!("SELECT count(*) FROM {SAMPLE_VIEW}");
+    for client in &mut clients {
+        let request = v1::SqlRequest { sql: read.clone(), wait_for: wait_for.clone(), max_staleness_ms: 0 };
+        let mut answer = client.sql(request).await.map_err(failed)?.into_inner();
+        while answer.message().await.map_err(failed)?.is_some() {}
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ use crate::services::query::QueryService;
 use crate::services::routing::Router;
 use crate::services::subscriptions::SubscriptionLimits;
 use arrow_flight::flight_service_server::FlightServiceServer;
+use fjord_projections::ViewsConfig;
+use fjord_query::ViewsSetup;
 
 /// Everything one node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +96,8 @@ pub struct NodeConfig {
     pub query: QueryLimits,
     /// What the Postgres endpoint takes on (`[postgres]`).
     pub postgres: PostgresLimits,
+    /// How materialized views run (`[views]`).
+    pub views: ViewsConfig,
 }
 
 impl Default for NodeConfig {
@@ -114,6 +118,7 @@ impl Default for NodeConfig {
             groups: GroupsConfig::default(),
             query: QueryLimits::default(),
             postgres: PostgresLimits::default(),
+            views: ViewsConfig::default(),
         }
     }
 }
@@ -460,7 +465,12 @@ pub fn query_api(node: &NodeContext, routes: &mut NodeRoutes) -> anyhow::Result<
     let limits = node.config.query.clone();
     let decode_limit = limits.max_query_bytes.saturating_add(64 * 1024);
     let region = Arc::new(GroupsView::new(node.groups.clone(), node.router.peers().clone()));
-    let engine = Arc::new(QueryEngine::new(node.groups.log_store().clone(), region, limits)?);
+    let views = ViewsSetup {
+        dir: node.config.data_dir.join("views"),
+        config: node.config.views.clone(),
+        writer: Arc::new(crate::services::views::RegionDefinitionLog::new(node.router.clone())),
+    };
+    let engine = Arc::new(QueryEngine::new(node.groups.log_store().clone(), region, limits, Some(views))?);
     let config = &node.config;
     let query = QueryServer::new(QueryService::new(engine.clone(), config.node_id, config.region.clone()))
         .max_decoding_message_size(decode_limit)

@@ -3,6 +3,7 @@
 //! in the log on stderr; `fjord sql` alone opens a prompt (line editing, a history file, statements over
 //! several lines up to their `;`).
 
+use std::io::IsTerminal;
 use std::io::Write;
 
 use anyhow::Context;
@@ -40,6 +41,9 @@ pub struct SqlArgs {
     /// append` prints, before answering.
     #[arg(long)]
     wait_for: Option<String>,
+    /// Refuse an answer from materialized views that lag the log by more than this many milliseconds.
+    #[arg(long)]
+    max_staleness_ms: Option<u64>,
     /// Print CSV (a header, then one line per row) instead of a table.
     #[arg(long, conflicts_with = "json")]
     csv: bool,
@@ -73,16 +77,16 @@ impl SqlArgs {
         statement: &str,
         wait_for: Option<v1::ConsistencyToken>,
     ) -> anyhow::Result<()> {
-        let request = v1::SqlRequest { sql: statement.to_owned(), wait_for };
-        let mut responses = client.sql(request).await.map_err(failed)?.into_inner();
-        let mut answer = Answer::default();
-        while let Some(response) = responses.message().await.map_err(failed)? {
-            if let Some(freshness) = response.freshness {
-                answer.freshness = Some(freshness);
+        let max_staleness_ms = self.max_staleness_ms.unwrap_or(0);
+        let request = v1::SqlRequest { sql: statement.to_owned(), wait_for, max_staleness_ms };
+        let answer = collect(client, request).await?;
+        if !answer.command.is_empty() {
+            println!("{}", answer.command);
+            if answer.command.starts_with("CREATE") && std::io::stderr().is_terminal() {
+                follow_builds(client).await?;
             }
-            answer.decode(response.arrow_ipc)?;
+            return Ok(());
         }
-        answer.decoder.finish().context("the answer ended before its end marker")?;
         let mut out = std::io::stdout().lock();
         match (self.client.json, self.csv) {
             (true, _) => answer.print_json(&mut out)?,
@@ -148,12 +152,112 @@ impl SqlArgs {
     }
 }
 
+/// Flags of `fjord views`.
+#[derive(Debug, clap::Args)]
+pub struct ViewsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl ViewsArgs {
+    /// Lists the region's views (`SHOW VIEWS`) and, on a terminal, follows any being built until they serve.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let channel = self.client.channel().await?;
+        let mut client = QueryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = v1::SqlRequest { sql: "SHOW VIEWS".to_owned(), wait_for: None, max_staleness_ms: 0 };
+        let answer = collect(&mut client, request).await?;
+        let mut out = std::io::stdout().lock();
+        match self.client.json {
+            true => answer.print_json(&mut out)?,
+            false => answer.print_table(&mut out)?,
+        }
+        out.flush()?;
+        drop(out);
+        if std::io::stderr().is_terminal() {
+            follow_builds(&mut client).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `request` and gathers its whole answer.
+async fn collect(client: &mut QueryClient<AuthorizedChannel>, request: v1::SqlRequest) -> anyhow::Result<Answer> {
+    let mut responses = client.sql(request).await.map_err(failed)?.into_inner();
+    let mut answer = Answer::default();
+    while let Some(response) = responses.message().await.map_err(failed)? {
+        if let Some(freshness) = response.freshness {
+            answer.freshness = Some(freshness);
+        }
+        if !response.command.is_empty() {
+            answer.command = response.command;
+        }
+        answer.decode(response.arrow_ipc)?;
+    }
+    answer.decoder.finish().context("the answer ended before its end marker")?;
+    Ok(answer)
+}
+
+/// What `fjord_views` says of the versions being built.
+const BUILDS: &str = "SELECT name, building_version, build_done, build_total, build_rate, build_eta_s, status, error \
+                      FROM fjord_views WHERE status IN ('building', 'replacing', 'failed') ORDER BY name";
+
+/// Draws a progress bar per view being built (on stderr) until none is: offsets folded of the total, rate
+/// and time left, as `fjord_views` reports them.
+async fn follow_builds(client: &mut QueryClient<AuthorizedChannel>) -> anyhow::Result<()> {
+    let mut drawn = 0;
+    loop {
+        let answer =
+            collect(client, v1::SqlRequest { sql: BUILDS.to_owned(), wait_for: None, max_staleness_ms: 0 }).await?;
+        let rows = answer.rows()?;
+        let mut err = std::io::stderr().lock();
+        if drawn > 0 {
+            // Back over the lines drawn last time.
+            write!(err, "\x1b[{drawn}F\x1b[J")?;
+        }
+        let mut building = 0;
+        for row in &rows {
+            let cell = |index: usize| row.get(index).cloned().flatten().unwrap_or_default();
+            let number = |index: usize| cell(index).parse::<f64>().unwrap_or(0.0);
+            let (name, version, status) = (cell(0), cell(1), cell(6));
+            if status == "failed" {
+                writeln!(err, "{name}: failed: {}", cell(7))?;
+                continue;
+            }
+            building += 1;
+            let (done, total) = (number(2), number(3).max(1.0));
+            let filled = ((done / total) * 30.0).clamp(0.0, 30.0) as usize;
+            writeln!(
+                err,
+                "{name} v{version} [{}{}] {:>5.1}%  {}/{} events  {:.0} events/s  ETA {:.0}s",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                100.0 * done / total,
+                done as u64,
+                total as u64,
+                number(4),
+                number(5),
+            )?;
+        }
+        drawn = rows.len();
+        err.flush()?;
+        if building == 0 {
+            if rows.is_empty() && drawn == 0 {
+                eprintln!("every view serves");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// An answer as it arrives.
 #[derive(Default)]
 struct Answer {
     decoder: StreamDecoder,
     batches: Vec<RecordBatch>,
     freshness: Option<v1::Freshness>,
+    /// The command tag of a statement that answers no rows.
+    command: String,
 }
 
 impl Answer {

@@ -47,3 +47,5 @@ mod storage_faults;
 mod subscriptions;
 #[path = "suite/trust.rs"]
 mod trust;
+#[path = "suite/views.rs"]
+mod views;

@@ -8,6 +8,7 @@
 mod append;
 mod disk;
 mod fjord_region;
+mod fold;
 mod follow;
 mod load;
 mod log_append;
@@ -51,6 +52,9 @@ enum Workload {
     /// SQL over a preloaded e-commerce workload against DuckDB over the same events, and appends beside
     /// heavy queries.
     Query(query::QueryArgs),
+    /// Materialized views over a Nexmark-style log: fold rate from offset 0, a query over a view of a million
+    /// groups against DuckDB from the raw events, and append-to-visible freshness at half load.
+    Fold(fold::FoldArgs),
     /// Turns the JSON results of a run into bench/RESULTS.md's tables, with Fjord/peer ratios.
     Report(report::ReportArgs),
 }
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Workload::AppendBatch(args) => append::batch(&args),
         Workload::Replay(args) => follow::replay(&args),
         Workload::Query(args) => query::run(&args),
+        Workload::Fold(args) => fold::run(&args),
         Workload::Live(args) => follow::live(&args),
         Workload::Stalled(args) => follow::stalled(&args),
         Workload::Report(args) => report::run(&args),

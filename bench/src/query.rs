@@ -241,7 +241,7 @@ async fn heavy_query_loop(
     let token = fjord_proto::auth::BearerToken::new(region.token()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut client = QueryClient::new(tonic::service::interceptor::InterceptedService::new(channel, token));
     while !stop.load(Ordering::Relaxed) {
-        let request = v1::SqlRequest { sql: HEAVY_QUERY.to_owned(), wait_for: None };
+        let request = v1::SqlRequest { sql: HEAVY_QUERY.to_owned(), wait_for: None, max_staleness_ms: 0 };
         let answered = async {
             let mut answer = client.sql(request).await?.into_inner();
             while answer.message().await?.is_some() {}

@@ -24,6 +24,16 @@ impl Cut {
         Cut { offsets: offsets.collect(), taken_at: SystemTime::now() }
     }
 
+    /// This cut, lowered to `offsets` where they are lower: an answer read from views stands where they
+    /// were folded up to.
+    pub fn lowest(&self, offsets: &BTreeMap<u32, u64>) -> Cut {
+        let lowered = self
+            .offsets
+            .iter()
+            .map(|&(partition, end)| (partition, offsets.get(&partition).map_or(end, |&folded| folded.min(end))));
+        Cut { offsets: lowered.collect(), taken_at: self.taken_at }
+    }
+
     /// `(partition, offset the answer stops before)`, by partition.
     pub fn offsets(&self) -> &[(u32, u64)] {
         &self.offsets

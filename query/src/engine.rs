@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::CatalogProvider;
 use datafusion::catalog::CatalogProviderList;
@@ -33,11 +34,16 @@ use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::EmptyRecordBatchStream;
 use datafusion::prelude::SessionConfig;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast;
 use fjord_log::LogStore;
+use fjord_projections::DefinitionLog;
+use fjord_projections::ViewError;
+use fjord_projections::Views;
+use fjord_projections::ViewsConfig;
 use futures::Stream;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -50,14 +56,25 @@ use crate::cut::wait_until_applied;
 use crate::error::QueryError;
 use crate::events::EventsTable;
 use crate::executor::QueryExecutor;
-use crate::scope::StreamScope;
 use crate::system;
 use crate::system::RegionView;
+use crate::views::ViewCut;
+use crate::views::ViewReading;
+use crate::views::ViewTable;
+use fjord_projections::StreamScope;
 
-/// The catalog every table lives in (`fjord.public.events`).
-pub const CATALOG: &str = "fjord";
-/// The schema every table lives in.
-pub const SCHEMA: &str = "public";
+pub use fjord_projections::sql::CATALOG;
+pub use fjord_projections::sql::SCHEMA;
+
+/// What the node gives its engine to run views with.
+pub struct ViewsSetup {
+    /// Where view checkpoints live.
+    pub dir: std::path::PathBuf,
+    /// The limits views run under.
+    pub config: ViewsConfig,
+    /// Where definitions are written: the `$views` stream, through Raft.
+    pub writer: Arc<dyn DefinitionLog>,
+}
 
 /// How much a query may take. Each limit fails the query with a clear error; the node keeps serving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,12 +121,23 @@ pub struct QueryRequest {
     /// The values of the statement's parameters, in order (each cast to the type the statement gives its
     /// parameter, where it gives one).
     pub params: Vec<ScalarValue>,
+    /// Whether the caller may define and drop views (its token grants `admin`).
+    pub may_define_views: bool,
+    /// The most a view the query reads may lag the log (`None`: any lag).
+    pub max_staleness: Option<Duration>,
 }
 
 impl QueryRequest {
     /// A statement without parameters that waits for nothing.
     pub fn new(sql: impl Into<String>, scope: StreamScope) -> Self {
-        QueryRequest { sql: sql.into(), scope, wait_for: BTreeMap::new(), params: Vec::new() }
+        QueryRequest {
+            sql: sql.into(),
+            scope,
+            wait_for: BTreeMap::new(),
+            params: Vec::new(),
+            may_define_views: false,
+            max_staleness: None,
+        }
     }
 }
 
@@ -121,6 +149,9 @@ pub struct Prepared {
     pub parameter_types: Vec<Option<DataType>>,
     /// The answer's schema, exactly as running the statement streams it.
     pub schema: SchemaRef,
+    /// The statement's command tag when it changes something and answers no rows (`CREATE MATERIALIZED
+    /// VIEW`, `DROP MATERIALIZED VIEW`): it runs when it is run, never when it is prepared.
+    pub command: Option<&'static str>,
 }
 
 /// The SQL engine of one node.
@@ -131,6 +162,7 @@ pub struct QueryEngine {
     running: Arc<Semaphore>,
     base: SessionState,
     executor: QueryExecutor,
+    views: Option<Views>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -140,15 +172,16 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    /// The engine over `store`'s log, with `region` for the system tables.
-    pub fn new(store: Arc<LogStore>, region: Arc<dyn RegionView>, limits: QueryLimits) -> Result<Self, QueryError> {
+    /// The engine over `store`'s log, with `region` for the system tables, folding views with `views` (none:
+    /// the node has no views).
+    pub fn new(
+        store: Arc<LogStore>,
+        region: Arc<dyn RegionView>,
+        limits: QueryLimits,
+        views: Option<ViewsSetup>,
+    ) -> Result<Self, QueryError> {
         let cores = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
-        let mut config = SessionConfig::new()
-            .with_target_partitions(cores)
-            .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG, SCHEMA);
-        // Postgres's dialect: `->>` on JSON, and what psql and drivers send.
-        config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+        let config = SessionConfig::new().with_target_partitions(cores);
         let disk = match limits.spill_bytes {
             0 => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             bytes => DiskManagerBuilder::default().with_max_temp_directory_size(bytes),
@@ -157,12 +190,20 @@ impl QueryEngine {
             .with_disk_manager_builder(disk)
             .build_arc()
             .map_err(|error| QueryError::Internal(error.to_string()))?;
-        let mut base =
-            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
-        datafusion_functions_json::register_all(&mut base).map_err(|error| QueryError::Internal(error.to_string()))?;
+        let base = fjord_projections::sql::session_state(config, Some(runtime))?;
         let running = Arc::new(Semaphore::new(limits.max_concurrent));
         let executor = QueryExecutor::new(cores)?;
-        Ok(QueryEngine { store, region, limits, running, base, executor })
+        // Views fold on the queries' runtime: below appends and Raft, like a query.
+        let views = views.map(|setup| {
+            let handle = executor.handle();
+            Views::start(store.clone(), setup.dir, setup.config, base.clone(), setup.writer, handle)
+        });
+        Ok(QueryEngine { store, region, limits, running, base, executor, views })
+    }
+
+    /// The node's views, when it has them.
+    pub fn views(&self) -> Option<&Views> {
+        self.views.as_ref()
     }
 
     /// The limits queries run under.
@@ -170,7 +211,9 @@ impl QueryEngine {
         &self.limits
     }
 
-    /// Plans `request` and starts it: the answer streams from the returned [`QueryResult`].
+    /// Plans `request` and starts it: the answer streams from the returned [`QueryResult`]. A view
+    /// statement (`CREATE [OR REPLACE] MATERIALIZED VIEW`, `DROP MATERIALIZED VIEW`) runs here and answers
+    /// with its command tag; `SHOW VIEWS` answers from `fjord_views`.
     pub async fn query(&self, request: QueryRequest) -> Result<QueryResult, QueryError> {
         let bytes = request.sql.len();
         if bytes > self.limits.max_query_bytes {
@@ -180,15 +223,43 @@ impl QueryEngine {
             self.running.clone().try_acquire_owned().map_err(|_| QueryError::Busy(self.limits.max_concurrent))?;
         let timeout = Duration::from_millis(self.limits.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
+        let statement = parse(&self.base, &request.sql)?;
+        let statement = match ViewStatement::of(&statement)? {
+            Some(ViewStatement::Show) => parse(&self.base, SHOW_VIEWS)?,
+            Some(view_statement) => {
+                let command = tokio::time::timeout_at(deadline, self.run_view_statement(view_statement, &request))
+                    .await
+                    .map_err(|_| QueryError::Timeout(timeout))??;
+                let stream = QueryStream {
+                    batches: Box::pin(EmptyRecordBatchStream::new(Arc::new(Schema::empty()))),
+                    deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                    timeout,
+                    memory: 0,
+                    done: false,
+                    _slot: QuerySlot::hold(permit, deadline),
+                };
+                return Ok(QueryResult { cut: Cut::now(&self.store), stream, command: Some(command) });
+            }
+            None => statement,
+        };
         if !request.wait_for.is_empty() {
             let wait = Duration::from_millis(self.limits.freshness_wait_ms);
             wait_until_applied(&self.store, &request.wait_for, wait).await?;
+            if let Some(views) = &self.views {
+                views.wait_for_definitions(&request.wait_for, wait).await?;
+            }
         }
         let cut = Arc::new(Cut::now(&self.store));
-        let context = self.context(&request.scope, &cut)?;
+        let reading = ViewReading {
+            wait_for: request.wait_for.clone(),
+            wait: Duration::from_millis(self.limits.freshness_wait_ms),
+            max_staleness: request.max_staleness,
+        };
+        let view_cut = Arc::new(ViewCut::default());
+        let context = self.context(&request.scope, &cut, reading, view_cut.clone())?;
         let memory = self.limits.memory_bytes;
         let start = async {
-            let plan = plan(&context, &request.sql).await?;
+            let plan = plan(&context, statement).await?;
             let plan = bind(plan, request.params)?;
             let failed = |e| QueryError::from_datafusion(e, memory);
             let frame = context.execute_logical_plan(plan).await.map_err(failed)?;
@@ -209,7 +280,40 @@ impl QueryEngine {
             done: false,
             _slot: QuerySlot::hold(permit, deadline),
         };
-        Ok(QueryResult { cut: Cut::clone(&cut), stream })
+        // An answer from views stands where the views it read were folded up to.
+        let cut = match view_cut.offsets() {
+            Some(offsets) => cut.lowest(&offsets),
+            None => Cut::clone(&cut),
+        };
+        Ok(QueryResult { cut, stream, command: None })
+    }
+
+    /// Runs a view statement; its command tag.
+    async fn run_view_statement(
+        &self,
+        statement: ViewStatement,
+        request: &QueryRequest,
+    ) -> Result<&'static str, QueryError> {
+        let views = self.views.as_ref().ok_or_else(|| QueryError::NotAllowed("a view statement here".to_owned()))?;
+        if !request.may_define_views {
+            return Err(ViewError::NotAllowed(
+                "defining and dropping materialized views needs a token that grants admin".to_owned(),
+            )
+            .into());
+        }
+        match statement {
+            ViewStatement::Create { name, query, replace } => {
+                views.define(&name, &query, replace, &request.scope).await?;
+                Ok("CREATE MATERIALIZED VIEW")
+            }
+            ViewStatement::Drop { names, if_exists } => {
+                for name in names {
+                    views.drop_view(&name, if_exists).await?;
+                }
+                Ok("DROP MATERIALIZED VIEW")
+            }
+            ViewStatement::Show => Err(QueryError::Internal("SHOW VIEWS runs as a query".to_owned())),
+        }
     }
 
     /// Plans `sql` (one statement that reads, with `$1`… for parameters) for a caller who sees `scope`,
@@ -227,8 +331,18 @@ impl QueryEngine {
 
     /// [`Self::prepare`]'s planning.
     async fn plan_only(&self, sql: &str, scope: &StreamScope) -> Result<Prepared, QueryError> {
-        let context = self.context(scope, &Arc::new(Cut::now(&self.store)))?;
-        let plan = plan(&context, sql).await?;
+        let statement = parse(&self.base, sql)?;
+        let statement = match ViewStatement::of(&statement)? {
+            Some(ViewStatement::Show) => parse(&self.base, SHOW_VIEWS)?,
+            Some(view_statement) => {
+                let command = view_statement.tag();
+                return Ok(Prepared { parameter_types: Vec::new(), schema: Arc::new(Schema::empty()), command });
+            }
+            None => statement,
+        };
+        let context =
+            self.context(scope, &Arc::new(Cut::now(&self.store)), ViewReading::default(), Default::default())?;
+        let plan = plan(&context, statement).await?;
         let types = plan.get_parameter_types().map_err(|e| QueryError::from_datafusion(e, 0))?;
         let mut parameter_types = vec![None; types.len()];
         for (name, data_type) in types {
@@ -241,18 +355,21 @@ impl QueryEngine {
         }
         // The schema the running query streams: the physical plan's, which can differ from the logical
         // plan's in nullability (a client like ADBC refuses an answer that differs from what was advertised).
+        // A view's table is planned from its columns alone: its rows are not taken here.
         let physical = context.state().create_physical_plan(&plan).await.map_err(|e| QueryError::from_datafusion(e, 0));
         let schema = match physical {
             Ok(physical) => physical.schema(),
-            // A plan with parameters may not compile before they are bound: its logical schema.
+            // A plan with parameters may not compile before they are bound (or a view it reads is still
+            // being built): its logical schema.
             Err(_) => Arc::new(plan.schema().as_arrow().clone()),
         };
-        Ok(Prepared { parameter_types, schema })
+        Ok(Prepared { parameter_types, schema, command: None })
     }
 
     /// The tables a caller who sees `scope` can query, by name, with their schemas.
     pub async fn tables(&self, scope: &StreamScope) -> Result<Vec<(String, SchemaRef)>, QueryError> {
-        let context = self.context(scope, &Arc::new(Cut::now(&self.store)))?;
+        let context =
+            self.context(scope, &Arc::new(Cut::now(&self.store)), ViewReading::default(), Default::default())?;
         let internal = |why: String| QueryError::Internal(why);
         let catalog = context.catalog(CATALOG).ok_or_else(|| internal(format!("no catalog {CATALOG}")))?;
         let schema = catalog.schema(SCHEMA).ok_or_else(|| internal(format!("no schema {SCHEMA}")))?;
@@ -267,8 +384,14 @@ impl QueryEngine {
     }
 
     /// A session of one query: the shared setup with a catalog of its own (the tables see its scope and
-    /// cut) and a memory pool of its own.
-    fn context(&self, scope: &StreamScope, cut: &Arc<Cut>) -> Result<SessionContext, QueryError> {
+    /// cut, the views its way of reading them) and a memory pool of its own.
+    fn context(
+        &self,
+        scope: &StreamScope,
+        cut: &Arc<Cut>,
+        reading: ViewReading,
+        view_cut: Arc<ViewCut>,
+    ) -> Result<SessionContext, QueryError> {
         let internal = |error: DataFusionError| QueryError::Internal(error.to_string());
         let tables = Arc::new(MemorySchemaProvider::new());
         let events = EventsTable::new(self.store.clone(), scope.clone(), cut.clone());
@@ -282,6 +405,15 @@ impl QueryEngine {
         tables
             .register_table("fjord_streams".to_owned(), system::streams_table(self.store.clone(), scope.clone()))
             .map_err(internal)?;
+        if let Some(views) = &self.views {
+            let table = crate::views::views_table(views.clone(), scope.clone());
+            tables.register_table("fjord_views".to_owned(), table).map_err(internal)?;
+            for entry in crate::views::visible(views, scope) {
+                if let Some(table) = ViewTable::new(views.clone(), &entry, reading.clone(), view_cut.clone()) {
+                    tables.register_table(entry.definition.name.clone(), Arc::new(table)).map_err(internal)?;
+                }
+            }
+        }
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema(SCHEMA, tables).map_err(internal)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
@@ -297,10 +429,98 @@ impl QueryEngine {
     }
 }
 
-/// The logical plan of `sql`, which must be one statement that reads.
-async fn plan(context: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
-    let statement =
-        context.state().sql_to_statement(sql, &Dialect::PostgreSQL).map_err(|e| QueryError::from_datafusion(e, 0))?;
+/// What `SHOW VIEWS` runs.
+const SHOW_VIEWS: &str = "SELECT name, version, status, rows, staleness_ms, definition FROM fjord_views ORDER BY name";
+
+/// A statement about views.
+enum ViewStatement {
+    /// `CREATE [OR REPLACE] MATERIALIZED VIEW name AS SELECT …`.
+    Create {
+        /// The view.
+        name: String,
+        /// Its `SELECT`.
+        query: Box<ast::Query>,
+        /// `OR REPLACE`.
+        replace: bool,
+    },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name, …`.
+    Drop {
+        /// The views.
+        names: Vec<String>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `SHOW [MATERIALIZED] VIEWS`.
+    Show,
+}
+
+impl ViewStatement {
+    /// The view statement `statement` is, if it is one.
+    fn of(statement: &Statement) -> Result<Option<ViewStatement>, QueryError> {
+        let Statement::Statement(inner) = statement else { return Ok(None) };
+        Ok(match inner.as_ref() {
+            ast::Statement::CreateView(create) if create.materialized => {
+                if !create.columns.is_empty() {
+                    return Err(QueryError::Invalid(
+                        "a column list after a view's name is not supported: name the columns with AS in the SELECT"
+                            .to_owned(),
+                    ));
+                }
+                if create.if_not_exists {
+                    return Err(QueryError::Invalid("CREATE MATERIALIZED VIEW IF NOT EXISTS is not supported".into()));
+                }
+                Some(ViewStatement::Create {
+                    name: object_name(&create.name)?,
+                    query: create.query.clone(),
+                    replace: create.or_replace,
+                })
+            }
+            ast::Statement::Drop { object_type: ast::ObjectType::MaterializedView, if_exists, names, .. } => {
+                let names = names.iter().map(object_name).collect::<Result<_, _>>()?;
+                Some(ViewStatement::Drop { names, if_exists: *if_exists })
+            }
+            ast::Statement::ShowViews { .. } => Some(ViewStatement::Show),
+            _ => None,
+        })
+    }
+
+    /// Its command tag.
+    fn tag(&self) -> Option<&'static str> {
+        match self {
+            ViewStatement::Create { .. } => Some("CREATE MATERIALIZED VIEW"),
+            ViewStatement::Drop { .. } => Some("DROP MATERIALIZED VIEW"),
+            ViewStatement::Show => None,
+        }
+    }
+}
+
+/// A view's name as SQL folds it: unquoted names in lowercase; `fjord.public.name` and `public.name` name
+/// the same view.
+fn object_name(name: &ast::ObjectName) -> Result<String, QueryError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_some() => Ok(ident.value.clone()),
+            Some(ident) => Ok(ident.value.to_lowercase()),
+            None => Err(QueryError::Invalid(format!("{name} is not a view name"))),
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [name] => Ok(name.clone()),
+        [schema, name] if schema == SCHEMA => Ok(name.clone()),
+        [catalog, schema, name] if catalog == CATALOG && schema == SCHEMA => Ok(name.clone()),
+        _ => Err(QueryError::Invalid(format!("views live in {CATALOG}.{SCHEMA}: {name} is not there"))),
+    }
+}
+
+/// One statement of `sql`, parsed.
+fn parse(state: &SessionState, sql: &str) -> Result<Statement, QueryError> {
+    state.sql_to_statement(sql, &Dialect::PostgreSQL).map_err(|e| QueryError::from_datafusion(e, 0))
+}
+
+/// The logical plan of `statement`, which must read.
+async fn plan(context: &SessionContext, statement: Statement) -> Result<LogicalPlan, QueryError> {
     if let Some(refused) = refused_statement(&statement) {
         return Err(QueryError::NotAllowed(refused));
     }
@@ -359,6 +579,8 @@ pub struct QueryResult {
     pub cut: Cut,
     /// The answer, batch by batch.
     pub stream: QueryStream,
+    /// The command tag of a statement that changed something and answers no rows.
+    pub command: Option<&'static str>,
 }
 
 /// A query's place among the node's running queries, given back when the query ends or its time is up,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
+use fjord_projections::ViewError;
 
 /// A query that failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,9 @@ pub enum QueryError {
     /// The query failed while running (a value that does not convert, a division by zero).
     #[error("{0}")]
     Execution(String),
+    /// A view statement, or a read of a view, failed.
+    #[error(transparent)]
+    View(ViewError),
     /// Something failed that is not the query's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,6 +103,10 @@ pub enum ErrorKind {
     Unavailable,
     /// Stored bytes were damaged.
     DataLoss,
+    /// What the statement creates exists already.
+    AlreadyExists,
+    /// The caller may not do this.
+    PermissionDenied,
     /// Anything else.
     Internal,
 }
@@ -123,6 +131,7 @@ impl QueryError {
             QueryError::Timeout(_) => ErrorKind::DeadlineExceeded,
             QueryError::NotFreshEnough { .. } => ErrorKind::Unavailable,
             QueryError::DataLoss(_) => ErrorKind::DataLoss,
+            QueryError::View(error) => view_kind(error),
             QueryError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -146,6 +155,7 @@ impl QueryError {
             QueryError::UnknownSetting(_) => "UNKNOWN_SETTING",
             QueryError::DataLoss(_) => "DATA_LOSS",
             QueryError::Execution(_) => "QUERY_FAILED",
+            QueryError::View(error) => view_reason(error),
             QueryError::Internal(_) => "INTERNAL",
         }
     }
@@ -168,12 +178,16 @@ impl QueryError {
             QueryError::UnknownSetting(_) => "42704",
             QueryError::DataLoss(_) => "XX001",
             QueryError::Execution(_) => "22000",
+            QueryError::View(error) => view_sqlstate(error),
             QueryError::Internal(_) => "XX000",
         }
     }
 
     /// The error DataFusion reported, classified; `memory_limit` names the limit an exhausted query hit.
     pub(crate) fn from_datafusion(error: DataFusionError, memory_limit: usize) -> QueryError {
+        if let Some(view_error) = view_error(&error) {
+            return QueryError::View(read_error(view_error));
+        }
         if let Some(log_error) = log_error(&error) {
             return match log_error.is_checksum_failure() || matches!(log_error, fjord_log::Error::Corrupt { .. }) {
                 true => QueryError::DataLoss(log_error.to_string()),
@@ -202,6 +216,100 @@ impl QueryError {
             _ => QueryError::Internal(message),
         }
     }
+}
+
+impl From<ViewError> for QueryError {
+    fn from(error: ViewError) -> Self {
+        match error {
+            // Classified as a query's would be: a syntax error in a view's SELECT is a syntax error.
+            ViewError::Planning(error) => QueryError::from_datafusion(error, 0),
+            ViewError::Log(error) if error.is_checksum_failure() => QueryError::DataLoss(error.to_string()),
+            error => QueryError::View(error),
+        }
+    }
+}
+
+fn view_kind(error: &ViewError) -> ErrorKind {
+    match error {
+        ViewError::NotMaintainable(_)
+        | ViewError::Planning(_)
+        | ViewError::BadName(_)
+        | ViewError::NoSuchView(_)
+        | ViewError::Reserved(_) => ErrorKind::InvalidArgument,
+        ViewError::Exists(_) => ErrorKind::AlreadyExists,
+        ViewError::NotAllowed(_) => ErrorKind::PermissionDenied,
+        ViewError::Building { .. }
+        | ViewError::NotFreshEnough { .. }
+        | ViewError::TooStale { .. }
+        | ViewError::ConcurrentChange(_)
+        | ViewError::Write(_) => ErrorKind::Unavailable,
+        ViewError::Limit(_) => ErrorKind::ResourceExhausted,
+        ViewError::Checkpoint { .. } | ViewError::Log(_) | ViewError::Fold(_) | ViewError::Internal(_) => {
+            ErrorKind::Internal
+        }
+    }
+}
+
+fn view_reason(error: &ViewError) -> &'static str {
+    match error {
+        ViewError::NotMaintainable(_) => "VIEW_NOT_MAINTAINABLE",
+        ViewError::Planning(_) => "INVALID_QUERY",
+        ViewError::BadName(_) => "BAD_VIEW_NAME",
+        ViewError::NoSuchView(_) => "NO_SUCH_VIEW",
+        ViewError::Exists(_) => "VIEW_EXISTS",
+        ViewError::Reserved(_) => "RESERVED_NAME",
+        ViewError::Building { .. } => "VIEW_BUILDING",
+        ViewError::NotFreshEnough { .. } => "NOT_FRESH_ENOUGH",
+        ViewError::TooStale { .. } => "TOO_STALE",
+        ViewError::NotAllowed(_) => "PERMISSION_DENIED",
+        ViewError::ConcurrentChange(_) => "CONCURRENT_CHANGE",
+        ViewError::Limit(_) => "VIEW_LIMIT",
+        ViewError::Write(_) => "VIEW_WRITE_FAILED",
+        ViewError::Checkpoint { .. } | ViewError::Log(_) | ViewError::Fold(_) => "VIEW_FAILED",
+        ViewError::Internal(_) => "INTERNAL",
+    }
+}
+
+fn view_sqlstate(error: &ViewError) -> &'static str {
+    match error {
+        ViewError::NotMaintainable(_) => "0A000",
+        ViewError::Planning(_) => "42804",
+        ViewError::BadName(_) => "42602",
+        ViewError::NoSuchView(_) => "42P01",
+        ViewError::Exists(_) => "42P07",
+        ViewError::Reserved(_) => "42939",
+        ViewError::Building { .. } | ViewError::NotFreshEnough { .. } | ViewError::TooStale { .. } => "55000",
+        ViewError::NotAllowed(_) => "42501",
+        ViewError::ConcurrentChange(_) => "40001",
+        ViewError::Limit(_) => "54000",
+        ViewError::Write(_) => "58000",
+        ViewError::Checkpoint { .. } | ViewError::Log(_) | ViewError::Fold(_) | ViewError::Internal(_) => "XX000",
+    }
+}
+
+/// What a read of a view (a table scan, inside DataFusion, which holds the error) failed with, again.
+fn read_error(error: &ViewError) -> ViewError {
+    match error {
+        ViewError::Building { name, done, total } => {
+            ViewError::Building { name: name.clone(), done: *done, total: *total }
+        }
+        ViewError::NotFreshEnough { name, waited, behind } => {
+            ViewError::NotFreshEnough { name: name.clone(), waited: *waited, behind: behind.clone() }
+        }
+        ViewError::TooStale { name, staleness, allowed } => {
+            ViewError::TooStale { name: name.clone(), staleness: *staleness, allowed: *allowed }
+        }
+        ViewError::NoSuchView(name) => ViewError::NoSuchView(name.clone()),
+        other => ViewError::Internal(other.to_string()),
+    }
+}
+
+/// The view's error inside a DataFusion error, if reading a view failed.
+fn view_error(error: &DataFusionError) -> Option<&ViewError> {
+    error.iter().find_map(|error| match error {
+        DataFusionError::External(inner) => inner.downcast_ref::<ViewError>(),
+        _ => None,
+    })
 }
 
 /// The log's error inside a DataFusion error, if a scan failed reading the log.

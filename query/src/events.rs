@@ -4,19 +4,11 @@
 //! never collects a partition.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::array::BinaryBuilder;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::array::RecordBatchOptions;
-use datafusion::arrow::array::StringBuilder;
-use datafusion::arrow::array::TimestampMicrosecondBuilder;
-use datafusion::arrow::array::UInt32Builder;
-use datafusion::arrow::array::UInt64Builder;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
@@ -38,16 +30,17 @@ use fjord_log::Direction;
 use fjord_log::LogStore;
 use fjord_log::Offset;
 use fjord_log::PartitionLog;
-use fjord_log::RecordedEvent;
 use fjord_log::Revision;
 use fjord_log::partition_of;
-use fjord_log::record::RecordView;
 
 use crate::cut::Cut;
 use crate::filter::EventFilter;
-use crate::schema;
-use crate::schema::events_schema;
-use crate::scope::StreamScope;
+use fjord_projections::StreamScope;
+use fjord_projections::batch::BatchBuilder;
+use fjord_projections::batch::Column;
+use fjord_projections::batch::EventFields;
+use fjord_projections::schema;
+use fjord_projections::schema::events_schema;
 
 /// Record batches a partition's scan may hold ready ahead of its consumer.
 const BATCHES_AHEAD: usize = 2;
@@ -272,212 +265,10 @@ impl Output {
 
     /// Sends the last, partly filled batch.
     fn flush(mut self) {
-        if self.batch.rows > 0 {
+        if self.batch.rows() > 0 {
             // Nothing more to send whether or not it arrives.
             let _ = self.tx.blocking_send(self.batch.finish());
         }
-    }
-}
-
-/// What a scan reads of an event: a record viewed where it lies (a partition's scan) or an event a stream
-/// read decoded (a scan of named streams).
-trait EventFields {
-    fn offset(&self) -> u64;
-    fn revision(&self) -> u64;
-    fn stream(&self) -> &str;
-    fn event_type(&self) -> &str;
-    fn content_type(&self) -> &str;
-    fn id(&self) -> uuid::Uuid;
-    fn timestamp_micros(&self) -> i64;
-    fn data(&self) -> &[u8];
-    /// The metadata as a JSON object.
-    fn metadata_json(&self) -> String;
-}
-
-impl EventFields for RecordedEvent {
-    fn offset(&self) -> u64 {
-        self.offset.0
-    }
-    fn revision(&self) -> u64 {
-        self.revision.0
-    }
-    fn stream(&self) -> &str {
-        &self.stream
-    }
-    fn event_type(&self) -> &str {
-        &self.event_type
-    }
-    fn content_type(&self) -> &str {
-        &self.content_type
-    }
-    fn id(&self) -> uuid::Uuid {
-        self.id
-    }
-    fn timestamp_micros(&self) -> i64 {
-        self.timestamp_micros
-    }
-    fn data(&self) -> &[u8] {
-        &self.data
-    }
-    fn metadata_json(&self) -> String {
-        serde_json::to_string(&self.metadata).unwrap_or_default()
-    }
-}
-
-impl EventFields for RecordView<'_> {
-    fn offset(&self) -> u64 {
-        self.offset.0
-    }
-    fn revision(&self) -> u64 {
-        self.revision.0
-    }
-    fn stream(&self) -> &str {
-        self.stream
-    }
-    fn event_type(&self) -> &str {
-        self.event_type
-    }
-    fn content_type(&self) -> &str {
-        self.content_type
-    }
-    fn id(&self) -> uuid::Uuid {
-        self.id
-    }
-    fn timestamp_micros(&self) -> i64 {
-        self.timestamp_micros
-    }
-    fn data(&self) -> &[u8] {
-        self.data
-    }
-    fn metadata_json(&self) -> String {
-        // Viewing the record checked its metadata's lengths and text already.
-        serde_json::to_string(&self.metadata().unwrap_or_default()).unwrap_or_default()
-    }
-}
-
-/// A column of `events`, as a scan builds it.
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Partition,
-    Offset,
-    Stream,
-    Revision,
-    Type,
-    ContentType,
-    Id,
-    Timestamp,
-    Data,
-    DataBytes,
-    Metadata,
-}
-
-impl Column {
-    fn at(index: usize) -> Result<Column> {
-        const ALL: [Column; 11] = [
-            Column::Partition,
-            Column::Offset,
-            Column::Stream,
-            Column::Revision,
-            Column::Type,
-            Column::ContentType,
-            Column::Id,
-            Column::Timestamp,
-            Column::Data,
-            Column::DataBytes,
-            Column::Metadata,
-        ];
-        ALL.get(index).copied().ok_or_else(|| DataFusionError::Internal(format!("events has no column {index}")))
-    }
-}
-
-/// One column's values as they are built.
-enum Builder {
-    UInt32(UInt32Builder),
-    UInt64(UInt64Builder),
-    Text(StringBuilder),
-    Bytes(BinaryBuilder),
-    Micros(TimestampMicrosecondBuilder),
-}
-
-/// The next record batch of a scan, for the projected columns only.
-struct BatchBuilder {
-    /// The partition every row is of.
-    partition: u32,
-    schema: SchemaRef,
-    columns: Arc<[Column]>,
-    builders: Vec<Builder>,
-    rows: usize,
-    capacity: usize,
-}
-
-impl BatchBuilder {
-    fn new(partition: u32, schema: SchemaRef, columns: Arc<[Column]>, capacity: usize) -> Self {
-        let builders = Self::builders(&columns, capacity);
-        BatchBuilder { partition, schema, columns, builders, rows: 0, capacity }
-    }
-
-    fn builders(columns: &[Column], capacity: usize) -> Vec<Builder> {
-        columns
-            .iter()
-            .map(|column| match column {
-                Column::Partition => Builder::UInt32(UInt32Builder::with_capacity(capacity)),
-                Column::Offset | Column::Revision => Builder::UInt64(UInt64Builder::with_capacity(capacity)),
-                Column::Timestamp => {
-                    Builder::Micros(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
-                }
-                Column::DataBytes => Builder::Bytes(BinaryBuilder::with_capacity(capacity, capacity * 64)),
-                _ => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 32)),
-            })
-            .collect()
-    }
-
-    fn push(&mut self, event: &impl EventFields) {
-        for (column, builder) in self.columns.iter().zip(&mut self.builders) {
-            match (column, builder) {
-                (Column::Partition, Builder::UInt32(b)) => b.append_value(self.partition),
-                (Column::Offset, Builder::UInt64(b)) => b.append_value(event.offset()),
-                (Column::Revision, Builder::UInt64(b)) => b.append_value(event.revision()),
-                (Column::Stream, Builder::Text(b)) => b.append_value(event.stream()),
-                (Column::Type, Builder::Text(b)) => b.append_value(event.event_type()),
-                (Column::ContentType, Builder::Text(b)) => b.append_value(event.content_type()),
-                (Column::Id, Builder::Text(b)) => {
-                    // Infallible: writing to a string builder.
-                    let _ = write!(b, "{}", event.id().hyphenated());
-                    b.append_value("");
-                }
-                (Column::Timestamp, Builder::Micros(b)) => b.append_value(event.timestamp_micros()),
-                (Column::Data, Builder::Text(b)) => b.append_option(std::str::from_utf8(event.data()).ok()),
-                (Column::DataBytes, Builder::Bytes(b)) => b.append_value(event.data()),
-                (Column::Metadata, Builder::Text(b)) => b.append_value(event.metadata_json()),
-                // The builders are made from the columns, one for one.
-                _ => {}
-            }
-        }
-        self.rows += 1;
-    }
-
-    fn is_full(&self) -> bool {
-        self.rows >= self.capacity
-    }
-
-    /// The batch built so far; the builder starts the next one.
-    fn finish(&mut self) -> Result<RecordBatch> {
-        let builders = std::mem::replace(&mut self.builders, Self::builders(&self.columns, self.capacity));
-        let arrays: Vec<ArrayRef> = builders
-            .into_iter()
-            .map(|builder| -> ArrayRef {
-                match builder {
-                    Builder::UInt32(mut b) => Arc::new(b.finish()),
-                    Builder::UInt64(mut b) => Arc::new(b.finish()),
-                    Builder::Text(mut b) => Arc::new(b.finish()),
-                    Builder::Bytes(mut b) => Arc::new(b.finish()),
-                    Builder::Micros(mut b) => Arc::new(b.finish()),
-                }
-            })
-            .collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
-        self.rows = 0;
-        Ok(RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)?)
     }
 }
 

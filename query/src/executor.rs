@@ -49,6 +49,15 @@ impl QueryExecutor {
         Ok(QueryExecutor { runtime: Some(runtime) })
     }
 
+    /// Where other work that should run below the node's own runs (views' folds).
+    pub(crate) fn handle(&self) -> tokio::runtime::Handle {
+        match &self.runtime {
+            Some(runtime) => runtime.handle().clone(),
+            // Only while dropping, when nothing asks.
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+
     /// Runs `plan` on the query runtime; its batches arrive through the returned stream, a few ahead of
     /// the reader at most. Dropping the stream stops the plan.
     pub(crate) fn execute(

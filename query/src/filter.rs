@@ -15,7 +15,7 @@ use datafusion::logical_expr::expr::Between;
 use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::expr::Like;
 
-use crate::schema;
+use fjord_projections::schema;
 
 /// The part of a query's `WHERE` clause a scan of `events` can act on. Each field only ever narrows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,7 +38,7 @@ use fjord_log::LogStore;
 use fjord_log::PartitionLog;
 use futures::future::BoxFuture;
 
-use crate::scope::StreamScope;
+use fjord_projections::StreamScope;
 
 /// One partition as one node sees it: a row of `fjord_partitions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub trait RegionView: Send + Sync + fmt::Debug {
 }
 
 /// The names of the system tables.
-pub const SYSTEM_TABLES: [&str; 3] = ["fjord_partitions", "fjord_members", "fjord_streams"];
+pub const SYSTEM_TABLES: [&str; 4] = ["fjord_partitions", "fjord_members", "fjord_streams", "fjord_views"];
 
 static PARTITIONS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -161,13 +161,16 @@ pub(crate) fn streams_table(store: Arc<LogStore>, scope: StreamScope) -> Arc<dyn
 type Columns = Arc<dyn Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync>;
 
 /// A table of a few rows, built whole when a query scans it.
-struct SmallTable {
+pub(crate) struct SmallTable {
     schema: SchemaRef,
     columns: Columns,
 }
 
 impl SmallTable {
-    fn new(schema: SchemaRef, columns: impl Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        schema: SchemaRef,
+        columns: impl Fn() -> BoxFuture<'static, Vec<ArrayRef>> + Send + Sync + 'static,
+    ) -> Self {
         SmallTable { schema, columns: Arc::new(columns) }
     }
 }

@@ -89,7 +89,7 @@ impl Fixture {
     }
 
     fn engine(&self, limits: QueryLimits) -> QueryEngine {
-        QueryEngine::new(self.store.clone(), Arc::new(OneNode(self.store.clone())), limits).expect("engine")
+        QueryEngine::new(self.store.clone(), Arc::new(OneNode(self.store.clone())), limits, None).expect("engine")
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -30,10 +31,13 @@ use pgwire::messages::startup::Authentication;
 
 use crate::security::access::no_query_grant;
 use crate::security::access::query_scope;
+use crate::security::tokens::Operation;
 use crate::security::tokens::TokenKey;
 
 /// The setting that makes a session's queries wait for a consistency token.
 pub(super) const WAIT_FOR_SETTING: &str = "fjord.wait_for";
+/// The setting that refuses answers from views staler than it, in milliseconds.
+pub(super) const MAX_STALENESS_SETTING: &str = "fjord.max_staleness";
 
 /// Settings drivers and tools send when they connect; accepted, and without effect on an answer.
 const CLIENT_SETTINGS: [&str; 14] = [
@@ -60,8 +64,12 @@ pub(super) struct Session {
     pub(super) scope: StreamScope,
     /// When the token expires: the session serves nothing after it, as a gRPC call with it would not.
     expires: Option<SystemTime>,
+    /// Whether the token may define and drop views (it grants `admin`).
+    pub(super) may_define_views: bool,
     /// What `SET fjord.wait_for` last set.
     pub(super) wait_for: std::sync::Mutex<Option<ConsistencyToken>>,
+    /// What `SET fjord.max_staleness` last set.
+    pub(super) max_staleness: std::sync::Mutex<Option<Duration>>,
 }
 
 impl Session {
@@ -81,6 +89,11 @@ impl Session {
     /// The consistency token the session's queries wait for, if it set one.
     pub(super) fn wait_for(&self) -> Option<ConsistencyToken> {
         self.wait_for.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The most a view the session's queries read may lag the log, if it set one.
+    pub(super) fn max_staleness(&self) -> Option<Duration> {
+        *self.max_staleness.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -127,8 +140,10 @@ impl StartupHandler for TokenLogin {
                     .map_err(|error| refused(format!("the password must be a token of this region: {error}")))?;
                 let scope = query_scope(&claims).ok_or_else(|| refused(no_query_grant(&claims)))?;
                 let expires = claims.exp.map(|secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
-                let wait_for = std::sync::Mutex::new(None);
-                client.session_extensions().insert(Session { scope, expires, wait_for });
+                let (wait_for, max_staleness) = (std::sync::Mutex::new(None), std::sync::Mutex::new(None));
+                let may_define_views = claims.allows(Operation::Admin, None);
+                let session = Session { scope, expires, may_define_views, wait_for, max_staleness };
+                client.session_extensions().insert(session);
                 let key = pgwire::messages::startup::SecretKey::I32(next_backend_id());
                 client.set_pid_and_secret_key(next_backend_id(), key);
                 tracing::debug!(subject = %claims.sub, "postgres: logged in");
@@ -161,6 +176,8 @@ pub(super) enum SessionCommand {
     Rollback,
     /// `SET fjord.wait_for = '<token>'` (`None`: `RESET`, `DEFAULT` or the empty string).
     WaitFor(Option<ConsistencyToken>),
+    /// `SET fjord.max_staleness = '<milliseconds>'` (`None`: `RESET`, `DEFAULT` or the empty string).
+    MaxStaleness(Option<Duration>),
     /// A client setting, accepted without effect.
     Accepted,
     /// `DEALLOCATE [ALL | name]`: what a driver sends to forget its prepared statements (psycopg, on
@@ -195,7 +212,9 @@ impl SessionCommand {
             SessionCommand::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             SessionCommand::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
-            SessionCommand::WaitFor(_) | SessionCommand::Accepted => Response::Execution(Tag::new("SET")),
+            SessionCommand::WaitFor(_) | SessionCommand::MaxStaleness(_) | SessionCommand::Accepted => {
+                Response::Execution(Tag::new("SET"))
+            }
             SessionCommand::Forget(tag) => Response::Execution(Tag::new(tag)),
             SessionCommand::Reset(tag) => Response::Execution(Tag::new(tag)),
         }
@@ -203,12 +222,21 @@ impl SessionCommand {
 
     /// Applies the command to `session`.
     pub(super) fn apply(&self, session: &Session) {
-        let token = match self {
-            SessionCommand::WaitFor(token) => token.clone(),
-            SessionCommand::Reset(_) => None,
-            _ => return,
+        let set = |token: Option<ConsistencyToken>| {
+            *session.wait_for.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
         };
-        *session.wait_for.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+        let set_staleness = |staleness: Option<Duration>| {
+            *session.max_staleness.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = staleness;
+        };
+        match self {
+            SessionCommand::WaitFor(token) => set(token.clone()),
+            SessionCommand::MaxStaleness(staleness) => set_staleness(*staleness),
+            SessionCommand::Reset(_) => {
+                set(None);
+                set_staleness(None);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -240,9 +268,16 @@ fn setting(text: &str, reset: bool) -> Result<SessionCommand, QueryError> {
     if reset && name == "all" {
         return Ok(SessionCommand::Reset("RESET"));
     }
+    let value = value.map(|v| v.trim_matches('\'')).filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("default"));
     if name == WAIT_FOR_SETTING {
-        let value = value.map(|v| v.trim_matches('\'')).filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("default"));
         return Ok(SessionCommand::WaitFor(value.map(str::parse).transpose()?));
+    }
+    if name == MAX_STALENESS_SETTING {
+        let milliseconds = value
+            .map(|v| v.trim_end_matches("ms").trim().parse::<u64>())
+            .transpose()
+            .map_err(|_| QueryError::BadParameter(format!("{MAX_STALENESS_SETTING}: milliseconds, e.g. '500'")))?;
+        return Ok(SessionCommand::MaxStaleness(milliseconds.map(Duration::from_millis)));
     }
     if CLIENT_SETTINGS.contains(&name.as_str()) {
         return Ok(SessionCommand::Accepted);
@@ -275,5 +310,10 @@ mod tests {
         assert_eq!(SessionCommand::parse("RESET fjord.wait_for").unwrap(), Some(SessionCommand::WaitFor(None)));
         assert!(matches!(SessionCommand::parse("SET fjord.wait_for = 'nope'"), Err(QueryError::BadToken(_))));
         assert!(matches!(SessionCommand::parse("SET work_mem = '1GB'"), Err(QueryError::UnknownSetting(_))));
+        assert_eq!(
+            SessionCommand::parse("SET fjord.max_staleness = '250ms'").unwrap(),
+            Some(SessionCommand::MaxStaleness(Some(Duration::from_millis(250))))
+        );
+        assert!(matches!(SessionCommand::parse("SET fjord.max_staleness = 'soon'"), Err(QueryError::BadParameter(_))));
     }
 }

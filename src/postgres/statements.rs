@@ -31,6 +31,7 @@ use pgwire::api::query::send_query_response;
 use pgwire::api::query::send_ready_for_query;
 use pgwire::api::results::FieldInfo;
 use pgwire::api::results::Response;
+use pgwire::api::results::Tag;
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
@@ -93,8 +94,18 @@ impl Statements {
             Some(token) => token.offsets_in(&self.region)?.clone(),
             None => Default::default(),
         };
-        let request = QueryRequest { wait_for, params, ..QueryRequest::new(sql, session.scope.clone()) };
+        let (may_define_views, max_staleness) = (session.may_define_views, session.max_staleness());
+        let request = QueryRequest {
+            wait_for,
+            params,
+            may_define_views,
+            max_staleness,
+            ..QueryRequest::new(sql, session.scope.clone())
+        };
         let result = self.engine.query(request).await?;
+        if let Some(command) = result.command {
+            return Ok(Response::Execution(Tag::new(command)));
+        }
         encode::rows(result.stream, format, sql.to_owned()).map(Response::Query).map_err(|error| match error {
             PgWireError::UserError(info) => QueryError::Execution(info.message),
             other => QueryError::Internal(other.to_string()),

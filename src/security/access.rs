@@ -72,6 +72,16 @@ pub fn no_query_grant(claims: &Claims) -> String {
     format!("the token of {:?} does not grant query on any stream", claims.sub)
 }
 
+/// Whether the request's caller may define and drop views: its token grants `admin` (views are the
+/// region's, and every node folds them), or it is a node forwarding a request.
+pub fn may_define_views<T>(request: &Request<T>) -> bool {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Peer(_)) => true,
+        Some(Caller::Client(claims)) => claims.allows(Operation::Admin, None),
+        None => false,
+    }
+}
+
 /// Whether the request came from another node of the region (over the node plane's mutual TLS).
 pub fn is_peer<T>(request: &Request<T>) -> bool {
     matches!(request.extensions().get::<Caller>(), Some(Caller::Peer(_)))

@@ -9,6 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::FlightData;
 use arrow_flight::FlightDescriptor;
@@ -32,6 +33,7 @@ use arrow_flight::sql::CommandGetTableTypes;
 use arrow_flight::sql::CommandGetTables;
 use arrow_flight::sql::CommandPreparedStatementQuery;
 use arrow_flight::sql::CommandStatementQuery;
+use arrow_flight::sql::CommandStatementUpdate;
 use arrow_flight::sql::DoPutPreparedStatementResult;
 use arrow_flight::sql::ProstMessageExt;
 use arrow_flight::sql::SqlInfo;
@@ -51,9 +53,11 @@ use datafusion::common::ScalarValue;
 use fjord_proto::auth::AUTHORIZATION_KEY;
 use fjord_proto::auth::BEARER_PREFIX;
 use fjord_query::ConsistencyToken;
+use fjord_query::Prepared;
 use fjord_query::QueryEngine;
 use fjord_query::QueryError;
 use fjord_query::QueryRequest;
+use fjord_query::StreamScope;
 use futures::Stream;
 use futures::StreamExt;
 use futures::TryStreamExt;
@@ -66,11 +70,14 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::security::access::authorize_query;
+use crate::security::access::may_define_views;
 use crate::security::access::token_of;
 use crate::services::query::query_status;
 
 /// The header a `DoGet` carries a consistency token in (its text form, as `fjord append` prints it).
 pub const WAIT_FOR_HEADER: &str = "x-fjord-wait-for";
+/// The request header that refuses an answer from views staler than it, in milliseconds.
+pub const MAX_STALENESS_HEADER: &str = "x-fjord-max-staleness-ms";
 /// The header an answer says how fresh it is in: a consistency token of the offsets it stops before.
 pub const APPLIED_HEADER: &str = "x-fjord-applied";
 /// The header naming the node that answered.
@@ -118,6 +125,14 @@ impl FlightSql {
             }
             None => Default::default(),
         };
+        let max_staleness = match request.metadata().get(MAX_STALENESS_HEADER) {
+            Some(value) => {
+                let milliseconds = value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok());
+                let bad = || QueryError::BadParameter(format!("{MAX_STALENESS_HEADER}: milliseconds, e.g. 500"));
+                Some(Duration::from_millis(milliseconds.ok_or_else(bad).map_err(status)?))
+            }
+            None => None,
+        };
         let params = handle.parameters()?;
         // What GetFlightInfo advertised: for a statement without parameters, the schema its run streams
         // (both plan it the same way); with parameters, the unbound plan's, which the answer is made to fit.
@@ -126,7 +141,9 @@ impl FlightSql {
         } else {
             Some(self.engine.prepare(&handle.sql, &scope).await.map_err(status)?.schema)
         };
-        let request = QueryRequest { wait_for, params, ..QueryRequest::new(handle.sql, scope) };
+        let may_define_views = may_define_views(request);
+        let request =
+            QueryRequest { wait_for, params, may_define_views, max_staleness, ..QueryRequest::new(handle.sql, scope) };
         let result = self.engine.query(request).await.map_err(status)?;
         let advertised = advertised.unwrap_or_else(|| result.stream.schema());
         let applied =
@@ -142,6 +159,34 @@ impl FlightSql {
         headers.insert(APPLIED_HEADER, header_value(&applied.to_string())?);
         headers.insert(NODE_HEADER, header_value(&self.node_id.to_string())?);
         Ok(response)
+    }
+
+    /// Runs `sql`, a statement that answers no rows (a view statement), for the caller of `request`.
+    async fn run_command<T>(&self, sql: String, scope: StreamScope, request: &Request<T>) -> Result<(), Status> {
+        let may_define_views = may_define_views(request);
+        let result = self
+            .engine
+            .query(QueryRequest { may_define_views, ..QueryRequest::new(sql, scope) })
+            .await
+            .map_err(status)?;
+        match result.command {
+            Some(_) => Ok(()),
+            None => Err(Status::invalid_argument("a statement that answers rows: run it as a query")),
+        }
+    }
+
+    /// Runs a view statement (`sql`, `prepared`) now, once, for the caller of `request`: its `FlightInfo` has
+    /// no endpoint, as its answer has no rows to fetch.
+    async fn command_info(
+        &self,
+        sql: String,
+        scope: StreamScope,
+        prepared: &Prepared,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.run_command(sql, scope, &request).await?;
+        let info = FlightInfo::new().try_with_schema(&prepared.schema).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(info.with_descriptor(request.into_inner())))
     }
 
     /// A `FlightInfo` whose one endpoint's ticket is `ticket`, for an answer of `schema`.
@@ -278,6 +323,9 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let scope = authorize_query(&request)?;
         let prepared = self.engine.prepare(&query.query, &scope).await.map_err(status)?;
+        if prepared.command.is_some() {
+            return self.command_info(query.query, scope, &prepared, request).await;
+        }
         let handle = StatementHandle { sql: query.query, parameters: String::new() }.encode()?;
         let ticket = TicketStatementQuery { statement_handle: handle.into() }.as_any().encode_to_vec();
         Ok(Response::new(Self::flight_info(&prepared.schema, ticket, request.into_inner())?))
@@ -291,6 +339,9 @@ impl FlightSqlService for FlightSql {
         let scope = authorize_query(&request)?;
         let handle = StatementHandle::decode(&query.prepared_statement_handle)?;
         let prepared = self.engine.prepare(&handle.sql, &scope).await.map_err(status)?;
+        if prepared.command.is_some() {
+            return self.command_info(handle.sql, scope, &prepared, request).await;
+        }
         let ticket = query.as_any().encode_to_vec();
         Ok(Response::new(Self::flight_info(&prepared.schema, ticket, request.into_inner())?))
     }
@@ -456,6 +507,17 @@ impl FlightSqlService for FlightSql {
         }
         handle.parameters = BASE64.encode(parameters);
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode()?.into()) })
+    }
+
+    /// An update: the view statements (`CREATE MATERIALIZED VIEW`…), as ADBC's `execute_update` sends them.
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let scope = authorize_query(&request)?;
+        self.run_command(command.query, scope, &request).await?;
+        Ok(0)
     }
 
     async fn do_action_create_prepared_statement(

@@ -12,3 +12,4 @@ pub mod routing;
 pub mod stored;
 pub mod streaming;
 pub mod subscriptions;
+pub mod views;

@@ -24,6 +24,7 @@ use tonic::Status;
 
 use crate::pb;
 use crate::security::access::authorize_query;
+use crate::security::access::may_define_views;
 use crate::services::routing::forwarded;
 
 /// Arrow IPC bytes per response message, about: a larger record batch is cut into row ranges this size.
@@ -51,7 +52,9 @@ impl Query for QueryService {
 
     async fn sql(&self, request: Request<v1::SqlRequest>) -> Result<Response<SqlStream>, Status> {
         let scope = authorize_query(&request)?;
-        let v1::SqlRequest { sql, wait_for } = request.into_inner();
+        let may_define_views = may_define_views(&request);
+        let v1::SqlRequest { sql, wait_for, max_staleness_ms } = request.into_inner();
+        let max_staleness = (max_staleness_ms > 0).then(|| std::time::Duration::from_millis(max_staleness_ms));
         let wait_for = match wait_for {
             Some(token) => {
                 let token =
@@ -60,7 +63,7 @@ impl Query for QueryService {
             }
             None => BTreeMap::new(),
         };
-        let request = QueryRequest { wait_for, ..QueryRequest::new(sql, scope) };
+        let request = QueryRequest { wait_for, may_define_views, max_staleness, ..QueryRequest::new(sql, scope) };
         let result = self.engine.query(request).await.map_err(query_status)?;
         let freshness = v1::Freshness {
             node_id: self.node_id,
@@ -68,9 +71,13 @@ impl Query for QueryService {
             taken_at_micros: micros_since_epoch(result.cut.taken_at()),
         };
         let messages = ipc_messages(result.stream).map(|message| message.map_err(query_status));
-        let mut freshness = Some(freshness);
-        let responses = messages
-            .map(move |message| message.map(|arrow_ipc| v1::SqlResponse { arrow_ipc, freshness: freshness.take() }));
+        let mut first = Some((freshness, result.command.unwrap_or_default().to_owned()));
+        let responses = messages.map(move |message| {
+            message.map(|arrow_ipc| match first.take() {
+                Some((freshness, command)) => v1::SqlResponse { arrow_ipc, freshness: Some(freshness), command },
+                None => v1::SqlResponse { arrow_ipc, ..Default::default() },
+            })
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -123,6 +130,8 @@ pub fn query_status(error: QueryError) -> Status {
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::Internal => Code::Internal,
     };
     pb::status(code, error.reason(), error.to_string())

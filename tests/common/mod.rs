@@ -4,12 +4,14 @@
 //! one launcher ([`fjord_bench::launcher`], shared with the bench); hosts, lazy disks, kills, pauses and
 //! restarts are ours.
 
+pub(crate) mod clients;
 pub(crate) mod containers;
 pub(crate) mod history;
 pub(crate) mod hosts;
 pub(crate) mod lazyfs;
 pub(crate) mod nemesis;
 pub(crate) mod netns;
+pub(crate) mod sql;
 pub(crate) mod workload;
 
 use std::collections::BTreeMap;

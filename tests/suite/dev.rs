@@ -88,6 +88,15 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
         assert!(answer.status.success(), "{psql}: {}", String::from_utf8_lossy(&answer.stderr));
         let table = String::from_utf8_lossy(&answer.stdout);
         assert!(table.contains("OrderPlaced") && table.contains("(3 rows)"), "{table}");
+        // The sample view, as printed: each order's latest status.
+        let view = output.lines().map(str::trim).find(|line| line.contains("FROM order_status")).expect("a view query");
+        let answer = Command::new("sh").args(["-c", view]).env("FJORD_TOKEN", printed_token(output)).output().unwrap();
+        assert!(answer.status.success(), "{view}: {}", String::from_utf8_lossy(&answer.stderr));
+        let table = String::from_utf8_lossy(&answer.stdout);
+        assert!(
+            table.contains("order-1001") && table.contains("OrderShipped") && table.contains("(3 rows)"),
+            "{table}"
+        );
     });
     for node in 1..=3 {
         assert!(dir.path().join(format!("data/node-{node}")).is_dir(), "node {node} keeps its data under ./data");
@@ -100,6 +109,7 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
     assert!(first.contains("read back order-1003 (3 events):"), "{first}");
     assert!(first.contains(&format!("fjord status --server 127.0.0.1:{port}")), "{first}");
     assert!(first.contains("stopping"), "{first}");
+    assert!(first.contains("defined the materialized view order_status"), "{first}");
 
     let second = run_dev(dir.path(), port, |_| {});
     assert_eq!(printed_token(&first), printed_token(&second), "the dev region keeps its credentials");
@@ -108,6 +118,7 @@ fn dev_runs_a_region_appends_reads_back_and_keeps_its_data() {
         "{second}"
     );
     assert!(second.contains("read back order-1001 (6 events):"), "{second}");
+    assert!(second.contains("order_status (defined by an earlier run) folds on"), "{second}");
 }
 
 #[test]

@@ -3,14 +3,8 @@
 //! consistency token, and each bad statement failing with its own reason.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::process::Command;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::arrow::ipc::reader::StreamReader;
-use fjord_bench::launcher::channel;
 use fjord_proto::auth::BearerToken;
 use fjord_proto::v1;
 use fjord_proto::v1::query_client::QueryClient;
@@ -19,46 +13,7 @@ use tonic::Code;
 use crate::common::TestRegion;
 use crate::common::append;
 use crate::common::reason;
-
-/// An answer: its batches and freshness.
-struct Answer {
-    batches: Vec<RecordBatch>,
-    freshness: v1::Freshness,
-}
-
-impl Answer {
-    fn count(&self) -> i64 {
-        self.batches.iter().find(|b| b.num_rows() > 0).map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0))
-    }
-
-    fn strings(&self, column: usize) -> Vec<String> {
-        self.batches
-            .iter()
-            .flat_map(|b| {
-                b.column(column).as_string::<i32>().iter().map(|v| v.unwrap_or("NULL").to_owned()).collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
-
-async fn sql(
-    address: &str,
-    token: &BearerToken,
-    statement: &str,
-    wait_for: Option<v1::ConsistencyToken>,
-) -> Result<Answer, tonic::Status> {
-    let mut client = QueryClient::new(channel(address, token).await);
-    let request = v1::SqlRequest { sql: statement.to_owned(), wait_for };
-    let mut responses = client.sql(request).await?.into_inner();
-    let (mut bytes, mut freshness) = (Vec::new(), None);
-    while let Some(response) = responses.message().await? {
-        freshness = freshness.or(response.freshness);
-        bytes.extend(response.arrow_ipc);
-    }
-    let reader = StreamReader::try_new(Cursor::new(bytes), None).expect("an Arrow IPC stream");
-    let batches = reader.collect::<Result<Vec<_>, _>>().expect("whole batches, then the end marker");
-    Ok(Answer { batches, freshness: freshness.expect("the first message says how fresh the answer is") })
-}
+use crate::common::sql::sql;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_answers_sql_with_its_freshness_and_the_callers_writes() {
@@ -121,7 +76,7 @@ async fn queries_see_what_their_token_grants_and_bad_ones_say_why() {
     let denied = sql(&address, &reader, "SELECT 1", None).await.err().expect("no query grant");
     assert_eq!((denied.code(), reason(&denied).as_str()), (Code::PermissionDenied, "PERMISSION_DENIED"));
     let anonymous = QueryClient::new(crate::common::anonymous_channel(&address))
-        .sql(v1::SqlRequest { sql: "SELECT 1".to_owned(), wait_for: None })
+        .sql(v1::SqlRequest { sql: "SELECT 1".to_owned(), wait_for: None, max_staleness_ms: 0 })
         .await
         .expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);

@@ -5,8 +5,6 @@
 //! refused with its own code.
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::process::Output;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::AsArray;
@@ -14,10 +12,13 @@ use datafusion::arrow::datatypes::Int64Type;
 use fjord_proto::v1;
 use fjord_query::ConsistencyToken;
 use futures::TryStreamExt;
-use serde_json::Value;
 use serde_json::json;
 
 use crate::common::TestRegion;
+use crate::common::clients::psql;
+use crate::common::clients::python;
+use crate::common::clients::refused;
+use crate::common::clients::stdout;
 
 /// The events by type the workload leaves.
 const BY_TYPE: &str = "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type";
@@ -45,44 +46,6 @@ async fn orders(region: &TestRegion) -> ConsistencyToken {
         }
     }
     token
-}
-
-/// `psql` against `address` with `password`, in unaligned tuples-only mode, running each of `commands`
-/// (`-c`, one session), with errors verbose (their SQLSTATE shown).
-fn psql(address: &str, password: &str, commands: &[&str]) -> Output {
-    let (host, port) = address.split_once(':').unwrap();
-    let mut psql = Command::new("psql");
-    psql.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
-        .args(["-h", host, "-p", port, "-U", "analyst", "-d", "fjord"])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10");
-    for command in commands {
-        psql.args(["-c", command]);
-    }
-    psql.output().expect("psql runs (bin/setup installs postgresql-client)")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn refused(output: &Output) -> String {
-    assert!(!output.status.success(), "unexpectedly answered: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs `tests/python/<script>` with the setup's virtualenv and `env`; its one line of JSON.
-fn python(script: &str, env: &[(&str, String)]) -> Value {
-    let venv = std::env::var("FJORD_VENV").unwrap_or_else(|_| "/var/cache/fjord/venv".to_owned());
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
-    let output = Command::new(format!("{venv}/bin/python"))
-        .arg(&path)
-        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
-        .output()
-        .expect("the virtualenv's python runs (bin/setup makes it)");
-    assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e})"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +110,7 @@ async fn flight_sql_clients_run_statements_prepare_and_list_tables() {
         ("FJORD_WAIT_FOR", token.to_string()),
     ];
     let by_type = json!([["ItemAdded", 6], ["OrderPlaced", 3], ["OrderShipped", 3]]);
-    let tables = json!(["events", "fjord_members", "fjord_partitions", "fjord_streams"]);
+    let tables = json!(["events", "fjord_members", "fjord_partitions", "fjord_streams", "fjord_views"]);
 
     let flight = python("flight_client.py", &env);
     assert_eq!(flight["by_type"], by_type);

@@ -33,7 +33,7 @@ pub const DATA_BYTES: &str = "data_bytes";
 pub const METADATA: &str = "metadata";
 
 /// The columns in table order.
-pub(crate) const COLUMNS: [&str; 11] =
+pub const COLUMNS: [&str; 11] =
     [PARTITION, OFFSET, STREAM, REVISION, TYPE, CONTENT_TYPE, ID, TIMESTAMP, DATA, DATA_BYTES, METADATA];
 
 static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

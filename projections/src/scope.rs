@@ -23,6 +23,17 @@ impl StreamScope {
         !stream.starts_with('$') && self.prefixes.iter().any(|prefix| stream.starts_with(prefix.as_str()))
     }
 
+    /// The prefixes this scope grants.
+    pub fn granted(&self) -> &[String] {
+        &self.prefixes
+    }
+
+    /// Whether this scope covers every stream `other` allows: each of `other`'s prefixes starts with one
+    /// of this scope's.
+    pub fn covers(&self, other: &StreamScope) -> bool {
+        other.prefixes.iter().all(|wanted| self.prefixes.iter().any(|prefix| wanted.starts_with(prefix.as_str())))
+    }
+
     /// Whether this scope allows every stream a query can see.
     pub fn is_all(&self) -> bool {
         self.prefixes.iter().any(String::is_empty)
