@@ -264,7 +264,7 @@ async fn replacing_a_view_under_load_swaps_whole_versions() {
         tokio::spawn(async move {
             let mut n = 0u128;
             while !*stopped.borrow_and_update() {
-                let request = crate::common::append(&format!("order-{}", n % 50), None, &[10_000_000 + n]);
+                let request = crate::common::append(&format!("order-{}", n % 50), None, &[(1u128 << 64) + n]);
                 store.append(request).await.unwrap();
                 n += 1;
             }
